@@ -1,0 +1,161 @@
+//! `weft-bench`: runs the benchmark scenarios (direct, weft-proxy and Envoy, one and two
+//! hops), prints a table and writes `results/latest.json` and `results/latest.md`.
+//! `benches/run.sh` builds everything in release mode and runs this.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use weft_bench::harness::{self, process, scenario};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft-bench",
+    about = "Weft's proxy benchmark: direct vs weft-proxy vs Envoy"
+)]
+struct Args {
+    /// Short runs (3 s per measurement) for iterating on the harness.
+    #[arg(long)]
+    quick: bool,
+    /// Seconds per measurement (default 10, or 3 with --quick).
+    #[arg(long)]
+    duration: Option<f64>,
+    /// Seconds of closed-loop warm-up before measuring (default 2, or 1 with --quick).
+    #[arg(long)]
+    warmup: Option<f64>,
+    /// Connections for both loops.
+    #[arg(long, default_value_t = 32)]
+    connections: usize,
+    /// Open-loop rate, requests/s.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Comma-separated scenarios to run (default: all).
+    #[arg(long, value_delimiter = ',')]
+    scenarios: Vec<String>,
+    /// The weft-proxy binary (default: `weft-proxy` next to this binary).
+    #[arg(long)]
+    weft_proxy: Option<PathBuf>,
+    /// Skip the weft scenarios, recording this reason (used by run.sh when the proxy does
+    /// not build, so a stale binary is never measured).
+    #[arg(long)]
+    skip_weft: Option<String>,
+    /// The Envoy binary or a name to find on PATH.
+    #[arg(long, default_value = "envoy")]
+    envoy: String,
+    /// Core for the load generator and the upstream.
+    #[arg(long, default_value_t = 0)]
+    load_core: usize,
+    /// Core for every proxy process.
+    #[arg(long, default_value_t = 1)]
+    proxy_core: usize,
+    /// Do not pin anything with taskset.
+    #[arg(long)]
+    no_pin: bool,
+    /// Where to write the JSON results (a `.md` table is written next to it).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.json"))]
+    out: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let exe_dir = std::env::current_exe()
+        .context("locating weft-bench")?
+        .parent()
+        .map(PathBuf::from)
+        .context("weft-bench has no parent directory")?;
+    let sibling = |name: &str| -> anyhow::Result<PathBuf> {
+        let p = exe_dir.join(name);
+        anyhow::ensure!(
+            p.is_file(),
+            "{} not found; build with `cargo build --release -p weft-bench`",
+            p.display()
+        );
+        Ok(p)
+    };
+
+    let weft_bin = match (&args.skip_weft, &args.weft_proxy) {
+        (Some(reason), _) => Err(reason.clone()),
+        (None, Some(p)) if p.is_file() => Ok(p.clone()),
+        (None, Some(p)) => Err(format!("{} not found", p.display())),
+        (None, None) => {
+            let p = exe_dir.join("weft-proxy");
+            if p.is_file() {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "{} not found (cargo build --release -p weft-proxy)",
+                    p.display()
+                ))
+            }
+        }
+    };
+    let envoy_bin = process::which(&args.envoy).ok_or_else(|| {
+        format!(
+            "no `{}` binary on PATH; Envoy scenarios skipped",
+            args.envoy
+        )
+    });
+
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let pin =
+        !args.no_pin && process::have_taskset() && cores > args.load_core.max(args.proxy_core);
+    if !args.no_pin && !pin {
+        eprintln!("note: not pinning (taskset missing or fewer than 2 cores)");
+    }
+
+    let run_dir = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&run_dir).context("creating the run directory")?;
+    let secs = |v: Option<f64>, full: f64, quick: f64| {
+        Duration::from_secs_f64(v.unwrap_or(if args.quick { quick } else { full }))
+    };
+    let settings = scenario::Settings {
+        duration: secs(args.duration, 10.0, 3.0),
+        warmup: secs(args.warmup, 2.0, 1.0),
+        settle: Duration::from_secs(1),
+        connections: args.connections,
+        rate: args.rate,
+        load_pin: pin.then_some(args.load_core),
+        proxy_pin: pin.then_some(args.proxy_core),
+        load_bin: sibling("weft-load")?,
+        upstream_bin: sibling("weft-upstream")?,
+        weft_bin,
+        envoy_bin,
+        run_dir: run_dir.clone(),
+    };
+
+    let chosen: Vec<scenario::Scenario> = if args.scenarios.is_empty() {
+        scenario::SCENARIOS.to_vec()
+    } else {
+        for name in &args.scenarios {
+            anyhow::ensure!(
+                scenario::SCENARIOS.iter().any(|s| s.name == name),
+                "unknown scenario {name:?}; known: {}",
+                scenario::SCENARIOS
+                    .iter()
+                    .map(|s| s.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        scenario::SCENARIOS
+            .iter()
+            .filter(|s| args.scenarios.iter().any(|n| n == s.name))
+            .copied()
+            .collect()
+    };
+    eprintln!("configs and logs: {}", run_dir.display());
+
+    let results = harness::run_all(&settings, &chosen, args.quick);
+    println!("\n{}", results.table());
+
+    if let Some(dir) = args.out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&results)? + "\n")
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    let md = args.out.with_extension("md");
+    std::fs::write(&md, results.markdown()).with_context(|| format!("writing {}", md.display()))?;
+    println!("wrote {} and {}", args.out.display(), md.display());
+    Ok(())
+}

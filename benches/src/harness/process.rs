@@ -1,0 +1,206 @@
+//! Starting, pinning, probing and stopping the processes of a scenario.
+//!
+//! Every child is started through `taskset -c <core>` (which `exec`s, so the pid we hold is
+//! the pinned program's), gets `PR_SET_PDEATHSIG` so it dies with the runner even if the
+//! runner is killed, writes its output to a log file in the run directory, and is killed
+//! when its [`Managed`] handle is dropped.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+/// Where a child runs: `Some(core)` pins it with `taskset -c core`.
+pub type Pin = Option<usize>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("starting {name} ({program}): {source}")]
+    Spawn {
+        name: String,
+        program: String,
+        source: io::Error,
+    },
+    #[error("{name} exited early ({status}); log {log}:\n{tail}")]
+    Exited {
+        name: String,
+        status: String,
+        log: String,
+        tail: String,
+    },
+    #[error("{name} not ready after {secs}s: {what}; log {log}:\n{tail}")]
+    NotReady {
+        name: String,
+        secs: u64,
+        what: String,
+        log: String,
+        tail: String,
+    },
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped.
+pub struct Managed {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Managed {
+    /// Starts `program args…` pinned to `pin`, with output to `<log_dir>/<name>.log`.
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        pin: Pin,
+        log_dir: &Path,
+    ) -> Result<Self, ProcessError> {
+        let log = log_dir.join(format!("{name}.log"));
+        let spawn_err = |source| ProcessError::Spawn {
+            name: name.into(),
+            program: program.display().to_string(),
+            source,
+        };
+        let out = File::create(&log).map_err(spawn_err)?;
+        let err = out.try_clone().map_err(spawn_err)?;
+        let mut cmd = pinned_command(program, pin);
+        cmd.args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        die_with_parent(&mut cmd);
+        let child = cmd.spawn().map_err(spawn_err)?;
+        Ok(Self {
+            name: name.into(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails if the process has already exited (with its log's tail).
+    pub fn check_alive(&mut self) -> Result<(), ProcessError> {
+        match self.child.try_wait() {
+            Ok(Some(status)) => Err(ProcessError::Exited {
+                name: self.name.clone(),
+                status: status.to_string(),
+                log: self.log.display().to_string(),
+                tail: log_tail(&self.log),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Polls `probe` every 50 ms until it succeeds, the process exits, or `timeout` passes.
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut probe: impl FnMut() -> bool,
+    ) -> Result<(), ProcessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_alive()?;
+            if probe() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ProcessError::NotReady {
+                    name: self.name.clone(),
+                    secs: timeout.as_secs(),
+                    what: what.into(),
+                    log: self.log.display().to_string(),
+                    tail: log_tail(&self.log),
+                });
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `taskset -c core program` when pinned, else `program`.
+pub fn pinned_command(program: &Path, pin: Pin) -> Command {
+    match pin {
+        Some(core) => {
+            let mut cmd = Command::new("taskset");
+            cmd.arg("-c").arg(core.to_string()).arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Asks the kernel to SIGKILL the child when the runner's thread dies, so an interrupted
+/// benchmark leaves no proxies or servers behind. `taskset` and the programs it `exec`s keep
+/// the setting (only set-uid execs clear it).
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// True when something accepts TCP connections at `addr`.
+pub fn tcp_open(addr: SocketAddr) -> bool {
+    TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+}
+
+/// `GET path` over a fresh connection; the status code, if any response arrived.
+pub fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut head = [0u8; 64];
+    let n = s.read(&mut head).ok()?;
+    let line = std::str::from_utf8(&head[..n]).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The last lines of a log, for error messages.
+pub fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Finds `name` on `PATH` (or returns it as is when it contains a `/`).
+pub fn which(name: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        let p = PathBuf::from(name);
+        return p.is_file().then_some(p);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Whether `taskset` is available to pin with.
+pub fn have_taskset() -> bool {
+    which("taskset").is_some()
+}

@@ -1,0 +1,11 @@
+//! HTTP proxying: serving a downstream connection ([`server`]), forwarding each request
+//! ([`forward`]) over pooled upstream connections ([`pool`]).
+
+pub mod error;
+pub mod forward;
+pub mod headers;
+pub mod pool;
+pub mod server;
+
+/// The body type every proxied message is converted to: streaming, never buffered whole.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, hyper::Error>;

@@ -1,0 +1,301 @@
+//! Upstream connections, reused across requests and client connections.
+//!
+//! HTTP/1.1: a stack of idle connections per target address. A connection goes back on the
+//! stack only when its response body has been read to the end (before that, HTTP/1.1 cannot
+//! carry another request); one whose body is abandoned is closed instead. HTTP/2: one shared,
+//! multiplexed connection per target, replaced when it closes.
+//!
+//! A request that finds its pooled connection closed before the request could be written is
+//! sent again on a fresh connection: that race (the server closed an idle connection just as
+//! we picked it) is the one failure a client can never cause, so it must never surface.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+
+use super::error::ProxyError;
+use super::Body;
+use crate::connect::connect;
+
+/// Idle connections kept per target. Enough for a busy caller's steady concurrency; beyond
+/// it, connections are closed rather than hoarded by one sidecar.
+pub const DEFAULT_MAX_IDLE_PER_TARGET: usize = 64;
+/// Close pooled connections unused this long: below the 120 s+ idle timeouts common in
+/// servers and load balancers, so we close first rather than race their close.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http1,
+    Http2,
+}
+
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+pub struct Pool {
+    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    max_idle_per_target: usize,
+    idle_timeout: Duration,
+}
+
+impl Pool {
+    pub fn new() -> Arc<Self> {
+        let pool = Arc::new(Pool {
+            idle: Mutex::default(),
+            h2: Mutex::default(),
+            max_idle_per_target: DEFAULT_MAX_IDLE_PER_TARGET,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        });
+        tokio::spawn(sweep(Arc::downgrade(&pool)));
+        pool
+    }
+
+    /// Sends `req` to `target`, reusing a connection when one is free.
+    pub async fn send(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        version: Version,
+        req: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Body>, ProxyError> {
+        match version {
+            Version::Http1 => self.send_http1(target, req, connect_timeout).await,
+            Version::Http2 => self.send_http2(target, req, connect_timeout).await,
+        }
+    }
+
+    async fn send_http1(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        mut req: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Body>, ProxyError> {
+        let upstream_err = |source| ProxyError::Upstream {
+            target: target.to_string(),
+            source,
+        };
+        // Pooled connections first; each may turn out to be closed.
+        while let Some(mut tx) = self.checkout(target) {
+            if tx.ready().await.is_err() {
+                continue;
+            }
+            match tx.try_send_request(req).await {
+                Ok(rsp) => return Ok(self.pooled_response(target, tx, rsp)),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => req = unsent,
+                    None => return Err(upstream_err(e.into_error())),
+                },
+            }
+        }
+        let io = connect(target, connect_timeout).await?;
+        let (mut tx, conn) = http1::Builder::new()
+            .preserve_header_case(true)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(upstream_err)?;
+        tokio::spawn(async move {
+            if let Err(error) = conn.with_upgrades().await {
+                tracing::debug!(%error, %target, "upstream HTTP/1 connection ended with an error");
+            }
+        });
+        let rsp = tx.send_request(req).await.map_err(upstream_err)?;
+        Ok(self.pooled_response(target, tx, rsp))
+    }
+
+    /// Arranges for `tx` to return to the pool once `rsp`'s body is done.
+    fn pooled_response(
+        self: &Arc<Self>,
+        target: SocketAddr,
+        tx: http1::SendRequest<Body>,
+        rsp: Response<Incoming>,
+    ) -> Response<Body> {
+        use http_body_util::BodyExt;
+        if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            // The connection now belongs to the upgraded protocol.
+            return rsp.map(|b| b.boxed_unsync());
+        }
+        let mut checkin = Some(Checkin {
+            pool: Arc::downgrade(self),
+            target,
+            tx,
+        });
+        if rsp.body().is_end_stream() {
+            if let Some(c) = checkin.take() {
+                c.run();
+            }
+        }
+        rsp.map(|inner| PooledBody { inner, checkin }.boxed_unsync())
+    }
+
+    fn checkout(&self, target: SocketAddr) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stack = idle.get_mut(&target)?;
+        while let Some(entry) = stack.pop() {
+            if !entry.tx.is_closed() && entry.since.elapsed() < self.idle_timeout {
+                return Some(entry.tx);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, target: SocketAddr, tx: http1::SendRequest<Body>) {
+        if tx.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stack = idle.entry(target).or_default();
+        if stack.len() < self.max_idle_per_target {
+            stack.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn send_http2(
+        &self,
+        target: SocketAddr,
+        req: Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Response<Body>, ProxyError> {
+        use http_body_util::BodyExt;
+        let upstream_err = |source| ProxyError::Upstream {
+            target: target.to_string(),
+            source,
+        };
+        let shared = {
+            let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
+            h2.get(&target).filter(|tx| !tx.is_closed()).cloned()
+        };
+        let mut tx = match shared {
+            Some(tx) => tx,
+            None => {
+                let io = connect(target, connect_timeout).await?;
+                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(TokioIo::new(io))
+                    .await
+                    .map_err(upstream_err)?;
+                tokio::spawn(async move {
+                    if let Err(error) = conn.await {
+                        tracing::debug!(%error, %target, "upstream HTTP/2 connection ended with an error");
+                    }
+                });
+                self.h2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(target, tx.clone());
+                tx
+            }
+        };
+        tx.ready().await.map_err(upstream_err)?;
+        let rsp = tx.send_request(req).await.map_err(upstream_err)?;
+        Ok(rsp.map(|b| b.boxed_unsync()))
+    }
+
+    fn sweep_once(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|_, stack| {
+            stack.retain(|e| !e.tx.is_closed() && e.since.elapsed() < self.idle_timeout);
+            !stack.is_empty()
+        });
+        drop(idle);
+        self.h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, tx| !tx.is_closed());
+    }
+
+    #[cfg(test)]
+    pub fn idle_count(&self, target: SocketAddr) -> usize {
+        self.idle.lock().unwrap().get(&target).map_or(0, Vec::len)
+    }
+}
+
+/// Closes expired idle connections even for targets nobody calls any more.
+async fn sweep(pool: Weak<Pool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        match pool.upgrade() {
+            Some(pool) => pool.sweep_once(),
+            None => return,
+        }
+    }
+}
+
+struct Checkin {
+    pool: Weak<Pool>,
+    target: SocketAddr,
+    tx: http1::SendRequest<Body>,
+}
+
+impl Checkin {
+    fn run(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.checkin(self.target, self.tx);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that returns its connection to the pool when read to the end.
+    struct PooledBody {
+        #[pin]
+        inner: Incoming,
+        checkin: Option<Checkin>,
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let poll = inner.as_mut().poll_frame(cx);
+        let done = match &poll {
+            Poll::Ready(None) => true,
+            // A server that knows the body has ended may never poll again, so check now.
+            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
+            Poll::Ready(Some(Err(_))) => {
+                this.checkin.take();
+                false
+            }
+            Poll::Pending => false,
+        };
+        if done {
+            if let Some(c) = this.checkin.take() {
+                c.run();
+            }
+        }
+        poll
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,86 @@
+//! Serving one downstream HTTP connection with hyper, within the limits that keep a slow or
+//! hostile client from holding the proxy: a header-read timeout, a header size limit (431),
+//! and a drain that lets in-flight requests finish.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::forward::Forwarder;
+use super::pool::Version;
+use crate::config::Config;
+use crate::drain;
+use crate::metrics::ErrorKind;
+
+/// Serves HTTP on `io` until the client is done, the connection fails, or a drain completes.
+/// Returns the error kind to count when the connection ended abnormally.
+pub async fn serve<I>(
+    io: I,
+    forwarder: Arc<Forwarder>,
+    config: &Config,
+    drain: &drain::Watch,
+) -> Result<(), ErrorKind>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let version = forwarder.version;
+    let service = service_fn(move |req| {
+        let forwarder = forwarder.clone();
+        async move { Ok::<_, Infallible>(forwarder.handle(req).await) }
+    });
+    let io = TokioIo::new(io);
+    let result = match version {
+        Version::Http1 => {
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(config.header_read_timeout)
+                .max_buf_size(config.max_header_bytes)
+                .preserve_header_case(true);
+            let conn = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+        Version::Http2 => {
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+            let conn = builder.serve_connection(io, service);
+            tokio::pin!(conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = drain.signaled() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            }
+        }
+    };
+    result.map_err(|error| {
+        let kind = classify(&error);
+        tracing::debug!(%error, ?kind, "downstream HTTP connection failed");
+        kind
+    })
+}
+
+fn classify(error: &hyper::Error) -> ErrorKind {
+    if error.is_parse_too_large() {
+        ErrorKind::HeaderTooLarge
+    } else if error.is_parse() || error.is_parse_status() {
+        ErrorKind::BadRequest
+    } else if error.is_timeout() {
+        ErrorKind::HeaderTimeout
+    } else {
+        ErrorKind::Io
+    }
+}

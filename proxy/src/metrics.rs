@@ -1,0 +1,305 @@
+//! The proxy's Prometheus metrics. Every family is labelled by `direction` and `target`
+//! (the destination `ip:port`, or a static listener's name) — never by anything a client
+//! controls per request, such as a path, so cardinality stays bounded by what the pod talks to.
+//!
+//! Hot paths don't look families up per request: a connection resolves its target once and
+//! keeps a [`TargetMetrics`] of ready handles (each an `Arc` around atomics).
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub direction: Direction,
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    direction: Direction,
+    target: String,
+    status_class: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ErrorLabels {
+    direction: Direction,
+    target: String,
+    kind: ErrorKind,
+}
+
+/// What went wrong, as a bounded label.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum ErrorKind {
+    BadRequest,
+    HeaderTooLarge,
+    HeaderTimeout,
+    IdleTimeout,
+    ConnectRefused,
+    ConnectTimeout,
+    ConnectError,
+    UpstreamError,
+    NoDestination,
+    Io,
+}
+
+impl ErrorKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::HeaderTooLarge => "header_too_large",
+            ErrorKind::HeaderTimeout => "header_timeout",
+            ErrorKind::IdleTimeout => "idle_timeout",
+            ErrorKind::ConnectRefused => "connect_refused",
+            ErrorKind::ConnectTimeout => "connect_timeout",
+            ErrorKind::ConnectError => "connect_error",
+            ErrorKind::UpstreamError => "upstream_error",
+            ErrorKind::NoDestination => "no_destination",
+            ErrorKind::Io => "io_error",
+        }
+    }
+}
+
+impl EncodeLabelValue for ErrorKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Direction {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+/// Latency buckets from 0.5 ms to ~8 s: a mesh hop is sub-millisecond, a slow backend seconds.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0005, 2.0, 15)
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    requests: Family<TargetLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
+    latency: Family<TargetLabels, Histogram, fn() -> Histogram>,
+    tcp_opened: Family<TargetLabels, Counter>,
+    tcp_closed: Family<TargetLabels, Counter>,
+    tcp_open: Family<TargetLabels, Gauge>,
+    tcp_read_bytes: Family<TargetLabels, Counter>,
+    tcp_write_bytes: Family<TargetLabels, Counter>,
+    errors: Family<ErrorLabels, Counter>,
+    config_reloads: Family<ReloadLabels, Counter>,
+}
+
+impl Metrics {
+    /// Creates the families and registers them under `weft_`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Metrics {
+            requests: Family::default(),
+            responses: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+            tcp_opened: Family::default(),
+            tcp_closed: Family::default(),
+            tcp_open: Family::default(),
+            tcp_read_bytes: Family::default(),
+            tcp_write_bytes: Family::default(),
+            errors: Family::default(),
+            config_reloads: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("weft");
+        r.register("requests", "HTTP requests received", m.requests.clone());
+        r.register(
+            "responses",
+            "HTTP responses sent, by status class",
+            m.responses.clone(),
+        );
+        r.register(
+            "response_latency_seconds",
+            "Time from receiving a request's headers to receiving the response's headers",
+            m.latency.clone(),
+        );
+        r.register(
+            "tcp_connections_opened",
+            "Connections accepted",
+            m.tcp_opened.clone(),
+        );
+        r.register(
+            "tcp_connections_closed",
+            "Connections closed",
+            m.tcp_closed.clone(),
+        );
+        r.register(
+            "tcp_connections_open",
+            "Connections open now",
+            m.tcp_open.clone(),
+        );
+        r.register(
+            "tcp_read_bytes",
+            "Bytes read from the accepted peer",
+            m.tcp_read_bytes.clone(),
+        );
+        r.register(
+            "tcp_write_bytes",
+            "Bytes written to the accepted peer",
+            m.tcp_write_bytes.clone(),
+        );
+        r.register("errors", "Failures, by kind", m.errors.clone());
+        r.register(
+            "config_reloads",
+            "Config file reloads, by result",
+            m.config_reloads.clone(),
+        );
+        m
+    }
+
+    pub fn for_target(&self, direction: Direction, target: &str) -> TargetMetrics {
+        let labels = TargetLabels {
+            direction,
+            target: target.to_owned(),
+        };
+        TargetMetrics {
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+            tcp_read_bytes: self.tcp_read_bytes.get_or_create(&labels).clone(),
+            tcp_write_bytes: self.tcp_write_bytes.get_or_create(&labels).clone(),
+            tcp_closed: self.tcp_closed.get_or_create(&labels).clone(),
+            tcp_open: self.tcp_open.get_or_create(&labels).clone(),
+            tcp_opened: self.tcp_opened.get_or_create(&labels).clone(),
+            family: self.clone(),
+            labels,
+        }
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.config_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+}
+
+/// Metric handles for one (direction, target).
+#[derive(Clone)]
+pub struct TargetMetrics {
+    pub requests: Counter,
+    pub latency: Histogram,
+    pub tcp_read_bytes: Counter,
+    pub tcp_write_bytes: Counter,
+    tcp_opened: Counter,
+    tcp_closed: Counter,
+    tcp_open: Gauge,
+    family: Metrics,
+    labels: TargetLabels,
+}
+
+impl TargetMetrics {
+    pub fn response(&self, status: http::StatusCode, latency: Duration) {
+        self.latency.observe(latency.as_secs_f64());
+        let status_class = match status.as_u16() {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        let labels = ResponseLabels {
+            direction: self.labels.direction,
+            target: self.labels.target.clone(),
+            status_class,
+        };
+        self.family.responses.get_or_create(&labels).inc();
+    }
+
+    pub fn error(&self, kind: ErrorKind) {
+        let labels = ErrorLabels {
+            direction: self.labels.direction,
+            target: self.labels.target.clone(),
+            kind,
+        };
+        self.family.errors.get_or_create(&labels).inc();
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> OpenConnection {
+        self.tcp_opened.inc();
+        self.tcp_open.inc();
+        OpenConnection {
+            closed: self.tcp_closed.clone(),
+            open: self.tcp_open.clone(),
+        }
+    }
+}
+
+pub struct OpenConnection {
+    closed: Counter,
+    open: Gauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.closed.inc();
+        self.open.dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn render(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn counts_requests_responses_and_connections_by_target() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let t = metrics.for_target(Direction::Outbound, "10.0.0.1:80");
+        let conn = t.connection_opened();
+        t.requests.inc();
+        t.response(http::StatusCode::BAD_GATEWAY, Duration::from_millis(3));
+        t.error(ErrorKind::ConnectRefused);
+        drop(conn);
+        let text = render(&registry);
+        for line in [
+            r#"weft_requests_total{direction="outbound",target="10.0.0.1:80"} 1"#,
+            r#"weft_responses_total{direction="outbound",target="10.0.0.1:80",status_class="5xx"} 1"#,
+            r#"weft_errors_total{direction="outbound",target="10.0.0.1:80",kind="connect_refused"} 1"#,
+            r#"weft_tcp_connections_opened_total{direction="outbound",target="10.0.0.1:80"} 1"#,
+            r#"weft_tcp_connections_closed_total{direction="outbound",target="10.0.0.1:80"} 1"#,
+            r#"weft_tcp_connections_open{direction="outbound",target="10.0.0.1:80"} 0"#,
+            r#"weft_response_latency_seconds_count{direction="outbound",target="10.0.0.1:80"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}
