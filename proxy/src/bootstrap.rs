@@ -52,6 +52,7 @@ pub enum Mode {
 }
 
 #[derive(Debug, Clone, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct RunArgs {
     /// How connections find their destination.
     #[arg(long, env = "WEFT_MODE", value_enum, default_value = "transparent")]

@@ -32,8 +32,12 @@ pub struct Shared {
 pub enum Role {
     Outbound,
     Inbound,
-    /// A listener from the config file, forwarding to its configured target.
-    Static,
+    /// A listener from the config file, forwarding to its configured target. Carries the
+    /// configured bind address, which names it in the config (a wildcard bind accepts on
+    /// addresses that differ from it).
+    Static {
+        bind: SocketAddr,
+    },
 }
 
 /// The metric label for forward-proxy connections, whose targets are per request.
@@ -185,9 +189,9 @@ fn route(
         }
     };
     match (role, shared.mode) {
-        (Role::Static, _) => {
+        (Role::Static { bind }, _) => {
             let listener = config
-                .listener(local)
+                .listener(bind)
                 .ok_or("static listener was removed from the config")?;
             Ok(fixed(
                 Direction::Outbound,

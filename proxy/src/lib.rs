@@ -22,8 +22,10 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod tcp;
 
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus_client::registry::Registry;
 
@@ -45,84 +47,137 @@ pub enum StartError {
     Signal(std::io::Error),
 }
 
-/// Runs the proxy until SIGTERM, SIGINT or `POST /shutdown`, then drains.
-pub async fn run(args: RunArgs, set_log_filter: SetLogFilter) -> Result<(), StartError> {
-    let mut registry = Registry::default();
-    let metrics = Metrics::new(&mut registry);
-    let initial = match &args.config {
-        Some(path) => config::load_file(path)?,
-        None => Config::default(),
-    };
-    let store = ConfigStore::new(initial);
-    // Kept alive for the life of the proxy: dropping it stops reloads.
-    let _watcher = match &args.config {
-        Some(path) => Some(config::spawn_reloader(
-            path.clone(),
-            store.clone(),
-            metrics.clone(),
-        )?),
-        None => None,
-    };
-    let shared = Arc::new(Shared {
-        mode: args.mode,
-        inbound_app: args.inbound_app,
-        config: store.clone(),
-        metrics,
-        pool: http::pool::Pool::new(),
-    });
-    let (drain_signal, drain_watch) = drain::channel();
-
-    let admin = Arc::new(Admin {
-        registry,
-        ready: Default::default(),
-        draining: Default::default(),
-        shutdown: Default::default(),
-        config: store,
-        bootstrap: args.clone(),
-        log_filter: std::sync::Mutex::new(args.log.clone()),
-        set_log_filter,
-    });
-    admin::spawn(listener::bind(args.admin_addr).await?, admin.clone());
-    for (addrs, role) in [
-        (&args.outbound_addr, Role::Outbound),
-        (&args.inbound_addr, Role::Inbound),
-    ] {
-        for addr in addrs {
-            let listener = listener::bind(*addr).await?;
-            listener::spawn_accept_loop(listener, role, shared.clone(), drain_watch.clone(), None);
-        }
-    }
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(listener::supervise_static_listeners(
-        shared,
-        drain_watch.clone(),
-        started_tx,
-    ));
-    let _ = started_rx.await;
-    admin.ready.store(true, Ordering::Release);
-    tracing::info!(mode = ?args.mode, "proxy ready");
-
-    wait_for_shutdown(&admin).await?;
-    admin.draining.store(true, Ordering::Release);
-    drop(drain_watch);
-    tracing::info!(grace = ?args.shutdown_grace, "draining");
-    match drain_signal.drain(args.shutdown_grace).await {
-        drain::Drained::Graceful => tracing::info!("drained; exiting"),
-        drain::Drained::Forced => {
-            tracing::warn!("grace period over; cutting remaining connections")
-        }
-    }
-    Ok(())
+/// A started proxy: listeners bound, ready for traffic.
+pub struct Proxy {
+    /// The bound addresses (resolved, so port 0 in the arguments becomes a real port).
+    pub outbound_addrs: Vec<SocketAddr>,
+    pub inbound_addrs: Vec<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    admin: Arc<Admin>,
+    drain_signal: drain::Signal,
+    drain_watch: drain::Watch,
+    grace: Duration,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
-async fn wait_for_shutdown(admin: &Admin) -> Result<(), StartError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-        _ = admin.shutdown.notified() => tracing::info!("shutdown requested on the admin server"),
+impl Proxy {
+    /// Binds every listener and reports ready. Fails on a bad config file or a busy address.
+    pub async fn start(args: RunArgs, set_log_filter: SetLogFilter) -> Result<Proxy, StartError> {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let initial = match &args.config {
+            Some(path) => config::load_file(path)?,
+            None => Config::default(),
+        };
+        let store = ConfigStore::new(initial);
+        let watcher = match &args.config {
+            Some(path) => Some(config::spawn_reloader(
+                path.clone(),
+                store.clone(),
+                metrics.clone(),
+            )?),
+            None => None,
+        };
+        let shared = Arc::new(Shared {
+            mode: args.mode,
+            inbound_app: args.inbound_app,
+            config: store.clone(),
+            metrics,
+            pool: http::pool::Pool::new(),
+        });
+        let (drain_signal, drain_watch) = drain::channel();
+
+        let admin_listener = listener::bind(args.admin_addr).await?;
+        let admin_addr = local_addr(&admin_listener, args.admin_addr)?;
+        let admin = Arc::new(Admin {
+            registry,
+            ready: Default::default(),
+            draining: Default::default(),
+            shutdown: Default::default(),
+            config: store,
+            bootstrap: args.clone(),
+            log_filter: std::sync::Mutex::new(args.log.clone()),
+            set_log_filter,
+        });
+        admin::spawn(admin_listener, admin.clone());
+
+        let mut bound = [Vec::new(), Vec::new()];
+        for (i, (addrs, role)) in [
+            (&args.outbound_addr, Role::Outbound),
+            (&args.inbound_addr, Role::Inbound),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for addr in addrs {
+                let listener = listener::bind(*addr).await?;
+                bound[i].push(local_addr(&listener, *addr)?);
+                listener::spawn_accept_loop(
+                    listener,
+                    role,
+                    shared.clone(),
+                    drain_watch.clone(),
+                    None,
+                );
+            }
+        }
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(listener::supervise_static_listeners(
+            shared,
+            drain_watch.clone(),
+            started_tx,
+        ));
+        let _ = started_rx.await;
+        admin.ready.store(true, Ordering::Release);
+        let [outbound_addrs, inbound_addrs] = bound;
+        tracing::info!(mode = ?args.mode, ?outbound_addrs, ?inbound_addrs, %admin_addr, "proxy ready");
+        Ok(Proxy {
+            outbound_addrs,
+            inbound_addrs,
+            admin_addr,
+            admin,
+            drain_signal,
+            drain_watch,
+            grace: args.shutdown_grace,
+            _watcher: watcher,
+        })
     }
-    Ok(())
+
+    /// Serves until SIGTERM, SIGINT or `POST /shutdown`, then drains.
+    pub async fn run_until_shutdown(self) -> Result<drain::Drained, StartError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).map_err(StartError::Signal)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(StartError::Signal)?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = self.admin.shutdown.notified() => tracing::info!("shutdown requested on the admin server"),
+        }
+        Ok(self.shutdown().await)
+    }
+
+    /// Stops accepting, lets in-flight work finish within the grace period, and reports how
+    /// the drain ended. `/ready` answers 503 from the start of the drain.
+    pub async fn shutdown(self) -> drain::Drained {
+        self.admin.draining.store(true, Ordering::Release);
+        drop(self.drain_watch);
+        tracing::info!(grace = ?self.grace, "draining");
+        let drained = self.drain_signal.drain(self.grace).await;
+        match drained {
+            drain::Drained::Graceful => tracing::info!("drained"),
+            drain::Drained::Forced => {
+                tracing::warn!("grace period over; cutting remaining connections")
+            }
+        }
+        drained
+    }
+}
+
+fn local_addr(
+    listener: &tokio::net::TcpListener,
+    addr: SocketAddr,
+) -> Result<SocketAddr, StartError> {
+    listener
+        .local_addr()
+        .map_err(|source| StartError::Bind(listener::BindError { addr, source }))
 }

@@ -113,7 +113,7 @@ pub async fn supervise_static_listeners(
                     let (stop_tx, stop_rx) = oneshot::channel();
                     spawn_accept_loop(
                         listener,
-                        Role::Static,
+                        Role::Static { bind: addr },
                         shared.clone(),
                         drain.clone(),
                         Some(stop_rx),

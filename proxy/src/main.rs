@@ -57,6 +57,9 @@ fn serve(args: RunArgs) -> anyhow::Result<()> {
             .enable_all()
             .build()
     }?;
-    runtime.block_on(weft_proxy::run(args, set_log_filter))?;
+    runtime.block_on(async {
+        let proxy = weft_proxy::Proxy::start(args, set_log_filter).await?;
+        proxy.run_until_shutdown().await
+    })?;
     Ok(())
 }
