@@ -13,6 +13,7 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use crate::clock::{now_ns, to_timespec};
 
@@ -36,9 +37,10 @@ impl Timer {
         }
         // SAFETY: `raw` is a fresh descriptor that nothing else owns.
         let owned = unsafe { OwnedFd::from_raw_fd(raw) };
-        Ok(Self {
-            fd: AsyncFd::new(owned)?,
-        })
+        // SAFETY: the `OwnedFd` is valid and open, moves into the `AsyncFd` and so stays the
+        // same descriptor until the `AsyncFd` is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }?;
+        Ok(Self { fd })
     }
 
     /// Waits until `deadline_ns` (on [`now_ns`]'s clock). Returns at once if it has passed.

@@ -14,7 +14,11 @@ use std::path::{Path, PathBuf};
 pub fn weft_proxy(test_app: &Path) -> PathBuf {
     if let Some(path) = std::env::var_os("WEFT_PROXY_BIN") {
         let path = PathBuf::from(path);
-        assert!(path.is_file(), "WEFT_PROXY_BIN={} is not a file", path.display());
+        assert!(
+            path.is_file(),
+            "WEFT_PROXY_BIN={} is not a file",
+            path.display()
+        );
         return path;
     }
     let path = test_app.with_file_name("weft-proxy");
@@ -37,7 +41,11 @@ pub fn stage(binary: &Path, dir: &Path) -> PathBuf {
     let staged = dir.join(name);
     if std::fs::hard_link(binary, &staged).is_err() {
         std::fs::copy(binary, &staged).unwrap_or_else(|err| {
-            panic!("copying {} to {}: {err}", binary.display(), staged.display())
+            panic!(
+                "copying {} to {}: {err}",
+                binary.display(),
+                staged.display()
+            )
         });
     }
     staged

@@ -76,9 +76,13 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> io::Result<Respon
 /// Reads one response: status line, headers, and a body framed by `Content-Length`,
 /// `Transfer-Encoding: chunked`, or the end of the connection.
 pub fn read_response(reader: &mut impl BufRead) -> io::Result<Response> {
-    let status_line = read_line(reader)?.ok_or_else(|| invalid("connection closed before a response"))?;
+    let status_line =
+        read_line(reader)?.ok_or_else(|| invalid("connection closed before a response"))?;
     let mut parts = status_line.splitn(3, ' ');
-    let (version, status) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (version, status) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     if !version.starts_with("HTTP/1.") {
         return Err(invalid(format!("bad status line: {status_line}")));
     }
@@ -86,23 +90,35 @@ pub fn read_response(reader: &mut impl BufRead) -> io::Result<Response> {
         .parse()
         .map_err(|_| invalid(format!("bad status line: {status_line}")))?;
     let headers = read_headers(reader)?;
-    let body = if header(&headers, "transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+    let body = if header(&headers, "transfer-encoding")
+        .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+    {
         read_chunked(reader)?
     } else if let Some(len) = header(&headers, "content-length") {
-        let len: usize = len.trim().parse().map_err(|_| invalid(format!("bad content-length {len}")))?;
+        let len: usize = len
+            .trim()
+            .parse()
+            .map_err(|_| invalid(format!("bad content-length {len}")))?;
         read_exact_vec(reader, len)?
     } else {
         let mut body = Vec::new();
         reader.read_to_end(&mut body)?;
         body
     };
-    Ok(Response { status, headers, body })
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// One CRLF- (or LF-) terminated line without its terminator; `None` at a clean EOF.
 fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
     let mut line = Vec::new();
-    let n = reader.by_ref().take(MAX_HEAD as u64).read_until(b'\n', &mut line)?;
+    let n = reader
+        .by_ref()
+        .take(MAX_HEAD as u64)
+        .read_until(b'\n', &mut line)?;
     if n == 0 {
         return Ok(None);
     }
@@ -112,7 +128,9 @@ fn read_line(reader: &mut impl BufRead) -> io::Result<Option<String>> {
     while matches!(line.last(), Some(b'\n' | b'\r')) {
         line.pop();
     }
-    String::from_utf8(line).map(Some).map_err(|_| invalid("head is not UTF-8"))
+    String::from_utf8(line)
+        .map(Some)
+        .map_err(|_| invalid("head is not UTF-8"))
 }
 
 fn read_headers(reader: &mut impl BufRead) -> io::Result<Vec<(String, String)>> {
@@ -141,9 +159,11 @@ fn read_exact_vec(reader: &mut impl Read, len: usize) -> io::Result<Vec<u8>> {
 fn read_chunked(reader: &mut impl BufRead) -> io::Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
-        let line = read_line(reader)?.ok_or_else(|| invalid("connection closed inside a chunked body"))?;
+        let line =
+            read_line(reader)?.ok_or_else(|| invalid("connection closed inside a chunked body"))?;
         let size = line.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size, 16).map_err(|_| invalid(format!("bad chunk size `{line}`")))?;
+        let size = usize::from_str_radix(size, 16)
+            .map_err(|_| invalid(format!("bad chunk size `{line}`")))?;
         if size == 0 {
             // Trailers, up to the empty line.
             read_headers(reader)?;
@@ -183,14 +203,21 @@ fn serve_connection(stream: TcpStream, app: &str) -> io::Result<()> {
         };
         let mut parts = request_line.split(' ');
         let (method, path, version) = match (parts.next(), parts.next(), parts.next()) {
-            (Some(m), Some(p), Some(v)) if v.starts_with("HTTP/1.") => (m.to_owned(), p.to_owned(), v.to_owned()),
+            (Some(m), Some(p), Some(v)) if v.starts_with("HTTP/1.") => {
+                (m.to_owned(), p.to_owned(), v.to_owned())
+            }
             _ => return Err(invalid(format!("bad request line: {request_line}"))),
         };
         let headers = read_headers(&mut reader)?;
-        if header(&headers, "transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        if header(&headers, "transfer-encoding")
+            .is_some_and(|te| te.eq_ignore_ascii_case("chunked"))
+        {
             read_chunked(&mut reader)?;
         } else if let Some(len) = header(&headers, "content-length") {
-            let len = len.trim().parse().map_err(|_| invalid(format!("bad content-length {len}")))?;
+            let len = len
+                .trim()
+                .parse()
+                .map_err(|_| invalid(format!("bad content-length {len}")))?;
             read_exact_vec(&mut reader, len)?;
         }
         let close = header(&headers, "connection").is_some_and(|c| c.eq_ignore_ascii_case("close"))
@@ -211,7 +238,8 @@ fn serve_connection(stream: TcpStream, app: &str) -> io::Result<()> {
 
 /// The `key=value` lines of an echo body.
 pub fn echo_field<'a>(body: &'a str, key: &str) -> Option<&'a str> {
-    body.lines().find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
+    body.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix('='))
 }
 
 #[cfg(test)]
@@ -230,7 +258,10 @@ mod tests {
 
         let raw = "HTTP/1.0 200 OK\nServer: x\n\nuntil eof";
         let r = read_response(&mut raw.as_bytes()).unwrap();
-        assert_eq!((r.header("server"), r.text().as_str()), (Some("x"), "until eof"));
+        assert_eq!(
+            (r.header("server"), r.text().as_str()),
+            (Some("x"), "until eof")
+        );
 
         assert!(read_response(&mut "SSH-2.0-x\r\n\r\n".as_bytes()).is_err());
         assert!(read_response(&mut "".as_bytes()).is_err());
@@ -239,7 +270,10 @@ mod tests {
     #[test]
     fn urls() {
         let (addr, path) = parse_url("http://10.1.2.3:8080/a?b=c").unwrap();
-        assert_eq!((addr.to_string().as_str(), path.as_str()), ("10.1.2.3:8080", "/a?b=c"));
+        assert_eq!(
+            (addr.to_string().as_str(), path.as_str()),
+            ("10.1.2.3:8080", "/a?b=c")
+        );
         assert_eq!(parse_url("http://[::1]:80").unwrap().1, "/");
         assert!(parse_url("https://x:1/").is_err());
         assert!(parse_url("http://example.com/").is_err());
@@ -253,10 +287,16 @@ mod tests {
 
         // Two requests on one connection, then a Connection: close one.
         let mut stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut reader = BufReader::new(stream.try_clone().unwrap());
         for path in ["/one", "/two"] {
-            write!(stream, "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc").unwrap();
+            write!(
+                stream,
+                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            )
+            .unwrap();
             let r = read_response(&mut reader).unwrap();
             assert_eq!(echo_field(&r.text(), "path"), Some(path));
             assert_eq!(echo_field(&r.text(), "method"), Some("POST"));
@@ -267,6 +307,9 @@ mod tests {
         assert_eq!(r.header("x-weft-test-app"), Some("unit"));
         let text = r.text();
         assert_eq!(echo_field(&text, "app"), Some("unit"));
-        assert!(echo_field(&text, "peer").unwrap().starts_with("127.0.0.1:"), "{text}");
+        assert!(
+            echo_field(&text, "peer").unwrap().starts_with("127.0.0.1:"),
+            "{text}"
+        );
     }
 }

@@ -36,15 +36,25 @@ pub fn wait_for<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// A scratch directory (logs, staged binaries), removed on drop unless the test is panicking:
-/// then it is kept, and its path printed, for the logs.
+/// A scratch directory, removed on drop. One made with [`TempDir::for_logs`] is kept (and its
+/// path printed) when the test is panicking, for the logs.
 pub struct TempDir {
     path: PathBuf,
+    keep_on_panic: bool,
 }
 
 impl TempDir {
     /// Creates `<tmp>/<prefix>-<pid>-<n>`, readable and searchable by every UID.
     pub fn new(prefix: &str) -> TempDir {
+        TempDir::create(prefix, false)
+    }
+
+    /// Like [`TempDir::new`], but kept when the test fails.
+    pub fn for_logs(prefix: &str) -> TempDir {
+        TempDir::create(prefix, true)
+    }
+
+    fn create(prefix: &str, keep_on_panic: bool) -> TempDir {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
@@ -53,7 +63,10 @@ impl TempDir {
             .unwrap_or_else(|err| panic!("creating {}: {err}", path.display()));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
             .unwrap_or_else(|err| panic!("chmod {}: {err}", path.display()));
-        TempDir { path }
+        TempDir {
+            path,
+            keep_on_panic,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -63,7 +76,7 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if self.keep_on_panic && std::thread::panicking() {
             eprintln!("keeping {} for its logs", self.path.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.path);

@@ -24,13 +24,19 @@ impl Metrics {
             .lines()
             .enumerate()
             .filter(|(_, line)| !line.trim().is_empty() && !line.starts_with('#'))
-            .map(|(i, line)| parse_sample(line).map_err(|err| format!("line {}: {err}: {line}", i + 1)))
+            .map(|(i, line)| {
+                parse_sample(line).map_err(|err| format!("line {}: {err}: {line}", i + 1))
+            })
             .collect::<Result<_, _>>()?;
         Ok(Metrics { samples })
     }
 
     /// Samples named `name` whose labels include every `(label, value)` in `matching`.
-    pub fn select<'a>(&'a self, name: &'a str, matching: &'a [(&str, &str)]) -> impl Iterator<Item = &'a Sample> {
+    pub fn select<'a>(
+        &'a self,
+        name: &'a str,
+        matching: &'a [(&str, &str)],
+    ) -> impl Iterator<Item = &'a Sample> {
         self.samples.iter().filter(move |s| {
             s.name == name
                 && matching
@@ -41,7 +47,9 @@ impl Metrics {
 
     /// The sum over [`Metrics::select`]; 0 when no series matches (a counter not yet created).
     pub fn sum(&self, name: &str, matching: &[(&str, &str)]) -> f64 {
-        self.select(name, matching).map(|s| s.value).sum()
+        // A fold from +0.0: `Sum` of nothing is -0.0, which reads oddly in messages.
+        self.select(name, matching)
+            .fold(0.0, |sum, s| sum + s.value)
     }
 }
 
@@ -50,7 +58,11 @@ fn parse_sample(line: &str) -> Result<Sample, String> {
         .find(|c: char| c == '{' || c.is_whitespace())
         .ok_or("no value")?;
     let name = &line[..name_end];
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    {
         return Err(format!("bad metric name `{name}`"));
     }
     let mut rest = &line[name_end..];
@@ -79,7 +91,10 @@ fn parse_labels(mut s: &str) -> Result<(BTreeMap<String, String>, &str), String>
         }
         let eq = s.find('=').ok_or("label without `=`")?;
         let key = s[..eq].trim().to_owned();
-        s = s[eq + 1..].trim_start().strip_prefix('"').ok_or("label value not quoted")?;
+        s = s[eq + 1..]
+            .trim_start()
+            .strip_prefix('"')
+            .ok_or("label value not quoted")?;
         let mut value = String::new();
         let mut chars = s.char_indices();
         let end = loop {
@@ -119,15 +134,32 @@ weft_latency_bucket{le="+Inf"} 4
     fn parses_and_sums_by_label() {
         let m = Metrics::parse(PAGE).unwrap();
         assert_eq!(m.samples.len(), 6);
-        assert_eq!(m.sum("weft_requests_total", &[("direction", "outbound")]), 4.0);
-        assert_eq!(m.sum("weft_requests_total", &[("direction", "inbound")]), 2.0);
+        assert_eq!(
+            m.sum("weft_requests_total", &[("direction", "outbound")]),
+            4.0
+        );
+        assert_eq!(
+            m.sum("weft_requests_total", &[("direction", "inbound")]),
+            2.0
+        );
         assert_eq!(m.sum("weft_requests_total", &[]), 6.0);
         assert_eq!(m.sum("weft_requests", &[]), 0.0);
-        assert_eq!(m.sum("weft_tcp_connections_opened_total", &[("direction", "inbound")]), 0.0);
-        let inbound: Vec<_> = m.select("weft_requests_total", &[("direction", "inbound")]).collect();
+        assert_eq!(
+            m.sum(
+                "weft_tcp_connections_opened_total",
+                &[("direction", "inbound")]
+            ),
+            0.0
+        );
+        let inbound: Vec<_> = m
+            .select("weft_requests_total", &[("direction", "inbound")])
+            .collect();
         assert_eq!(inbound[0].labels["target"], r#"weird "quoted", \ value"#);
         assert_eq!(m.sum("weft_up", &[]), 1.0);
-        assert_eq!(m.select("weft_latency_bucket", &[("le", "+Inf")]).count(), 1);
+        assert_eq!(
+            m.select("weft_latency_bucket", &[("le", "+Inf")]).count(),
+            1
+        );
     }
 
     #[test]

@@ -25,7 +25,10 @@ pub struct Netns {
 impl Netns {
     /// Creates the namespace `name` with its loopback up.
     pub fn create(name: &str) -> Netns {
-        run_ok(Command::new("ip").args(["netns", "add", name]), COMMAND_TIMEOUT);
+        run_ok(
+            Command::new("ip").args(["netns", "add", name]),
+            COMMAND_TIMEOUT,
+        );
         // The guard exists from here on, so a failure below still deletes the namespace.
         let handle = match File::open(format!("/run/netns/{name}")) {
             Ok(handle) => handle,

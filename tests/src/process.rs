@@ -111,9 +111,8 @@ pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> io::Result<O
             format!("`{described}` did not finish within {timeout:?}; killed"),
         )
     })?;
-    let collect = |h: Option<thread::JoinHandle<Vec<u8>>>| {
-        h.and_then(|h| h.join().ok()).unwrap_or_default()
-    };
+    let collect =
+        |h: Option<thread::JoinHandle<Vec<u8>>>| h.and_then(|h| h.join().ok()).unwrap_or_default();
     Ok(Output {
         status,
         stdout: collect(out),
@@ -176,11 +175,8 @@ mod tests {
     #[test]
     fn timeouts_kill_the_child() {
         let started = Instant::now();
-        let err = output_with_timeout(
-            Command::new("sleep").arg("10"),
-            Duration::from_millis(200),
-        )
-        .unwrap_err();
+        let err = output_with_timeout(Command::new("sleep").arg("10"), Duration::from_millis(200))
+            .unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(err.to_string().contains("sleep 10"), "{err}");
         assert!(started.elapsed() < Duration::from_secs(5));

@@ -10,7 +10,10 @@ use clap::{Parser, Subcommand};
 use weft_tests::http;
 
 #[derive(Debug, Parser)]
-#[command(name = "weft-test-app", about = "Echo server and client for Weft's pod tests")]
+#[command(
+    name = "weft-test-app",
+    about = "Echo server and client for Weft's pod tests"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -57,9 +60,8 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Get { url, timeout_ms } => {
-            let result = http::parse_url(&url).and_then(|(addr, path)| {
-                http::get(addr, &path, Duration::from_millis(timeout_ms))
-            });
+            let result = http::parse_url(&url)
+                .and_then(|(addr, path)| http::get(addr, &path, Duration::from_millis(timeout_ms)));
             match result {
                 Ok(response) => {
                     println!("status={}", response.status);
