@@ -193,11 +193,16 @@ fn route(
             let listener = config
                 .listener(bind)
                 .ok_or("static listener was removed from the config")?;
+            // `auto` defers to the skip list like any other destination port.
+            let protocol = match listener.protocol {
+                Protocol::Auto => by_port(listener.target),
+                declared => declared,
+            };
             Ok(fixed(
                 Direction::Outbound,
                 listener.target,
                 &listener.name,
-                listener.protocol,
+                protocol,
             ))
         }
         (Role::Outbound, Mode::Transparent) => match original_dst(stream, local) {

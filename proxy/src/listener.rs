@@ -22,10 +22,25 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// Binds a listener as `TcpListener::bind` does (SO_REUSEADDR, backlog 1024), except that an
+/// IPv6 listener is IPv6-only (IPV6_V6ONLY): `[::]:15006` must not also claim IPv4, or it
+/// could not be bound next to `0.0.0.0:15006`, and an IPv4 connection accepted on it would
+/// look IPv6 (`::ffff:a.b.c.d`) to `SO_ORIGINAL_DST`.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
+    bind_socket(addr).map_err(|source| BindError { addr, source })
+}
+
+fn bind_socket(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Accepts until draining starts or `stop` fires; each connection runs in its own task and
