@@ -15,8 +15,20 @@ use crate::drain;
 use crate::http::forward::{Destination, Forwarder};
 use crate::http::pool::{Pool, Version};
 use crate::io::{Activity, MeteredIo, PrefixedIo};
-use crate::metrics::{Direction, ErrorKind, Metrics, TargetMetrics};
+use crate::metrics::{Direction, ErrorKind, Metrics, OpenConnection, TargetMetrics};
 use crate::orig_dst::original_dst;
+
+/// What outlives a single request on a connection: tunnels (upgrades, `CONNECT`) that take
+/// the connection over hold it too, so the drain waits for them, the open-connections gauge
+/// counts them, and the idle timeout still applies.
+#[derive(Clone)]
+pub struct ConnScope {
+    pub drain: drain::Watch,
+    pub activity: Arc<Activity>,
+    pub open: Arc<OpenConnection>,
+    /// Tunnels carry opaque bytes, so they get the TCP idle timeout.
+    pub tunnel_idle_timeout: std::time::Duration,
+}
 
 /// What every connection needs from the process.
 pub struct Shared {
@@ -77,7 +89,7 @@ pub async fn serve_connection(
             return;
         }
     };
-    let _open = route.metrics.connection_opened();
+    let open = Arc::new(route.metrics.connection_opened());
     let activity = Arc::new(Activity::default());
     let mut io = MeteredIo::new(
         stream,
@@ -127,8 +139,14 @@ pub async fn serve_connection(
                 metrics: shared.metrics.clone(),
                 connect_timeout: config.connect_timeout,
                 listener: local,
+                scope: ConnScope {
+                    drain,
+                    activity: activity.clone(),
+                    open,
+                    tunnel_idle_timeout: config.tcp_idle_timeout,
+                },
             });
-            let serving = crate::http::server::serve(io, forwarder, &config, &drain);
+            let serving = crate::http::server::serve(io, forwarder, &config);
             with_idle_timeout(&activity, config.http_idle_timeout, serving).await
         }
     };
@@ -154,7 +172,7 @@ where
 }
 
 /// Runs `serving` until it ends or no byte has moved either way for `timeout`.
-async fn with_idle_timeout(
+pub async fn with_idle_timeout(
     activity: &Activity,
     timeout: std::time::Duration,
     serving: impl std::future::Future<Output = Result<(), ErrorKind>>,

@@ -8,7 +8,8 @@ use tokio::net::TcpStream;
 
 use crate::metrics::ErrorKind;
 
-#[derive(Debug, thiserror::Error)]
+/// Cloneable so that requests waiting on one connection attempt can all get its failure.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ConnectError {
     #[error("connection to {addr} refused")]
     Refused { addr: SocketAddr },
@@ -17,7 +18,7 @@ pub enum ConnectError {
     #[error("connection to {addr} failed: {source}")]
     Io {
         addr: SocketAddr,
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
 }
 
@@ -37,7 +38,12 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             return Err(ConnectError::Refused { addr })
         }
-        Ok(Err(source)) => return Err(ConnectError::Io { addr, source }),
+        Ok(Err(source)) => {
+            return Err(ConnectError::Io {
+                addr,
+                source: source.into(),
+            })
+        }
         Ok(Ok(stream)) => stream,
     };
     // Proxied request/response traffic is latency-bound; Nagle only adds delay.

@@ -70,25 +70,49 @@ impl<I: AsyncWrite> AsyncWrite for PrefixedIo<I> {
     }
 }
 
-/// Set on every read or write; cleared by [`Activity::idle`] as it samples.
+/// What a connection's bytes have been doing, as flags that watchdogs sample and clear. A
+/// flag costs one relaxed atomic store per I/O, where a timestamp would cost a clock read.
 #[derive(Debug, Default)]
-pub struct Activity(AtomicBool);
+pub struct Activity {
+    /// Any byte either way since the idle watchdog last looked.
+    touched: AtomicBool,
+    /// A byte read from the peer since the request-head watchdog last looked.
+    read: AtomicBool,
+}
 
 impl Activity {
-    fn touch(&self) {
-        // A plain store: the idle check only needs to see it eventually.
-        self.0.store(true, Ordering::Relaxed);
+    fn on_read(&self) {
+        self.touched.store(true, Ordering::Relaxed);
+        self.read.store(true, Ordering::Relaxed);
     }
 
-    /// Resolves once no byte has moved for `timeout` (give or take a quarter of it). Sampling
-    /// a flag a few times per period costs one atomic store per I/O instead of a clock read.
+    fn on_write(&self) {
+        self.touched.store(true, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub fn on_read_for_test(&self) {
+        self.on_read();
+    }
+
+    /// Whether anything was read since the last call.
+    pub fn take_read(&self) -> bool {
+        self.read.swap(false, Ordering::Relaxed)
+    }
+
+    /// Forgets reads so far: the bytes belonged to a request that is now finished.
+    pub fn clear_read(&self) {
+        self.read.store(false, Ordering::Relaxed);
+    }
+
+    /// Resolves once no byte has moved for `timeout` (give or take a quarter of it).
     pub async fn idle(&self, timeout: Duration) {
         const SAMPLES: u32 = 4;
         let tick = timeout / SAMPLES;
         let mut quiet = 0;
         while quiet < SAMPLES {
             tokio::time::sleep(tick).await;
-            if self.0.swap(false, Ordering::Relaxed) {
+            if self.touched.swap(false, Ordering::Relaxed) {
                 quiet = 0;
             } else {
                 quiet += 1;
@@ -131,7 +155,7 @@ impl<I: AsyncRead> AsyncRead for MeteredIo<I> {
         let n = buf.filled().len() - before;
         if n > 0 {
             this.read.inc_by(n as u64);
-            this.activity.touch();
+            this.activity.on_read();
         }
         poll
     }
@@ -147,7 +171,7 @@ impl<I: AsyncWrite> AsyncWrite for MeteredIo<I> {
         let poll = this.io.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = poll {
             this.written.inc_by(n as u64);
-            this.activity.touch();
+            this.activity.on_write();
         }
         poll
     }
@@ -160,7 +184,7 @@ impl<I: AsyncWrite> AsyncWrite for MeteredIo<I> {
         let poll = this.io.poll_write_vectored(cx, bufs);
         if let Poll::Ready(Ok(n)) = poll {
             this.written.inc_by(n as u64);
-            this.activity.touch();
+            this.activity.on_write();
         }
         poll
     }
@@ -211,7 +235,7 @@ mod tests {
             let activity = activity.clone();
             tokio::spawn(async move {
                 for _ in 0..10 {
-                    activity.touch();
+                    activity.on_write();
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             })

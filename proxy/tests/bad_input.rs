@@ -333,3 +333,24 @@ listeners:
     .await;
     assert!(proxy_panics().is_empty(), "panics: {:?}", proxy_panics());
 }
+
+#[tokio::test]
+async fn waiting_between_keep_alive_requests_is_not_a_slow_header() {
+    let app = Upstream::start("app").await;
+    let proxy = proxy()
+        .inbound_app(app.addr)
+        .config("headerReadTimeout: 200ms\nhttpIdleTimeout: 30s")
+        .start()
+        .await;
+    let mut client = H1Client::connect(proxy.inbound).await;
+    assert_eq!(client.get("/first").await.status, StatusCode::OK);
+    // Four header timeouts of keep-alive idleness: idle time, not a slow request head.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(!client.is_closed(), "idle keep-alive connection was closed");
+    assert_eq!(client.get("/second").await.status, StatusCode::OK);
+    let errors = proxy.metrics().await.sum(
+        "weft_errors_total",
+        &[("direction", "inbound"), ("kind", "header_timeout")],
+    );
+    assert_eq!(errors, 0.0);
+}

@@ -1,10 +1,5 @@
 //! HTTP/2 prior knowledge through static listeners: detected (`auto`) and declared (`http2`),
 //! concurrent streams on one connection, trailers (gRPC), large bodies under flow control.
-//!
-//! Known gap: the pool's HTTP/2 connection per target is looked up and created without a
-//! lock held across the handshake, so a burst of concurrent first requests to a target opens
-//! one upstream connection per request (the last one wins the map). The tests warm the
-//! connection up first and assert the steady state: one upstream connection.
 
 mod support;
 
@@ -60,8 +55,6 @@ async fn prior_knowledge_on_auto_and_http2_listeners_multiplexes_streams() {
 
     for (name, addr) in [("detected", auto), ("declared", h2)] {
         let client = H2Client::connect(addr).await;
-        // One request first, so the proxy's upstream HTTP/2 connection exists before the burst
-        // (a cold burst races to open several: see the module docs).
         assert_eq!(client.clone().call(get("/warm-up")).await.text(), "app");
         // Each request waits at the upstream until all of them are there: this only
         // completes if the streams really are concurrent, end to end.
@@ -156,4 +149,28 @@ async fn a_4mib_body_echoes_over_http2() {
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.body.len(), SIZE);
     assert!(reply.body == pattern(0, SIZE), "echoed body differs");
+}
+
+#[tokio::test]
+async fn a_cold_burst_opens_one_upstream_connection() {
+    const STREAMS: usize = 8;
+    let Setup {
+        app,
+        h2,
+        proxy: _proxy,
+        ..
+    } = setup().await;
+    let client = H2Client::connect(h2).await;
+    // No warm-up: every stream arrives while the proxy has no upstream connection yet.
+    let calls: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move { client.call(get(&format!("/barrier/{STREAMS}/cold"))).await })
+        })
+        .collect();
+    for call in calls {
+        let reply = within(WAIT, "a concurrent stream", call).await.unwrap();
+        assert_eq!(reply.text(), "together");
+    }
+    assert_eq!(app.accepts(), 1, "the burst shared one connection attempt");
 }

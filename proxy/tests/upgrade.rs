@@ -6,9 +6,12 @@ mod support;
 use std::net::SocketAddr;
 
 use http::StatusCode;
+use std::time::Duration;
+
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use weft_proxy::drain::Drained;
 
 const HANDSHAKE: &str = "GET /ws HTTP/1.1\r\n\
     Host: test.local\r\n\
@@ -115,5 +118,47 @@ async fn upgrades_work_on_static_http1_listeners_and_leave_other_connections_alo
             ]
         ),
         2.0
+    );
+}
+
+#[tokio::test]
+async fn an_open_websocket_counts_as_open_and_holds_the_drain() {
+    let app = Upstream::start("app").await;
+    let proxy = proxy()
+        .inbound_app(app.addr)
+        .grace(Duration::from_millis(300))
+        .start()
+        .await;
+    let mut stream = upgrade(proxy.inbound).await;
+    assert_echoes(&mut stream, b"still here").await;
+    let target = app.addr.to_string();
+    let open = proxy.metrics().await.value(
+        "weft_tcp_connections_open",
+        &[("direction", "inbound"), ("target", &target)],
+    );
+    assert_eq!(open, 1.0, "the upgraded connection is still open");
+    // The tunnel is in flight: a drain must wait for it, and cut it at the grace period.
+    let started = std::time::Instant::now();
+    assert_eq!(proxy.shutdown().await, Drained::Forced);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[tokio::test]
+async fn an_idle_websocket_is_closed_after_the_tcp_idle_timeout() {
+    let app = Upstream::start("app").await;
+    let proxy = proxy()
+        .inbound_app(app.addr)
+        .config("tcpIdleTimeout: 300ms\nhttpIdleTimeout: 1h")
+        .start()
+        .await;
+    let mut stream = upgrade(proxy.inbound).await;
+    assert_echoes(&mut stream, b"ping").await;
+    let started = std::time::Instant::now();
+    let rest = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    assert!(rest.is_empty());
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250) && elapsed < Duration::from_secs(3),
+        "closed after {elapsed:?}"
     );
 }

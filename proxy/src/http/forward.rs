@@ -15,8 +15,10 @@ use super::error::{empty, ProxyError};
 use super::headers::{is_upgrade_request, strip_hop_by_hop};
 use super::pool::{Pool, Version};
 use super::Body;
+use crate::conn::{with_idle_timeout, ConnScope};
 use crate::connect::connect;
-use crate::metrics::{Direction, Metrics, TargetMetrics};
+use crate::metrics::{Direction, ErrorKind, Metrics, TargetMetrics};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Where the requests on one connection go.
 #[derive(Clone)]
@@ -42,6 +44,8 @@ pub struct Forwarder {
     pub connect_timeout: Duration,
     /// The listener's own address, to refuse requests that would loop back to it.
     pub listener: SocketAddr,
+    /// Held by tunnels that outlive their request.
+    pub scope: ConnScope,
 }
 
 impl Forwarder {
@@ -114,14 +118,9 @@ impl Forwarder {
             (rsp.status(), downstream_upgrade)
         {
             let upstream = hyper::upgrade::on(&mut rsp);
-            tokio::spawn(async move {
-                match tokio::try_join!(downstream, upstream) {
-                    Ok((down, up)) => {
-                        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
-                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                    }
-                    Err(error) => tracing::debug!(%error, %target, "upgrade did not complete"),
-                }
+            self.spawn_tunnel(target, async move {
+                let (down, up) = tokio::try_join!(downstream, upstream)?;
+                Ok((TokioIo::new(down), TokioIo::new(up)))
             });
             strip_hop_by_hop(rsp.headers_mut(), true, false);
             return Ok(rsp);
@@ -136,17 +135,47 @@ impl Forwarder {
         target: SocketAddr,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
-        let mut upstream = connect(target, self.connect_timeout).await?;
-        tokio::spawn(async move {
-            match hyper::upgrade::on(req).await {
-                Ok(upgraded) => {
-                    let mut downstream = TokioIo::new(upgraded);
-                    let _ = tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await;
-                }
-                Err(error) => tracing::debug!(%error, %target, "CONNECT tunnel not established"),
-            }
+        let upstream = connect(target, self.connect_timeout).await?;
+        self.spawn_tunnel(target, async move {
+            let downstream = hyper::upgrade::on(req).await?;
+            Ok((TokioIo::new(downstream), upstream))
         });
         Ok(Response::new(empty()))
+    }
+
+    /// Copies raw bytes between the taken-over downstream connection and the upstream once
+    /// `ends` yields both. The tunnel holds the connection's scope: the drain waits for it,
+    /// the connection still counts as open, and the idle timeout still applies.
+    fn spawn_tunnel<D, U>(
+        &self,
+        target: SocketAddr,
+        ends: impl std::future::Future<Output = Result<(D, U), hyper::Error>> + Send + 'static,
+    ) where
+        D: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        U: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let scope = self.scope.clone();
+        tokio::spawn(async move {
+            let (mut down, mut up) = match ends.await {
+                Ok(ends) => ends,
+                Err(error) => {
+                    tracing::debug!(%error, %target, "tunnel not established");
+                    return;
+                }
+            };
+            let copy = async {
+                tokio::io::copy_bidirectional(&mut down, &mut up)
+                    .await
+                    .map(drop)
+                    .map_err(|_| ErrorKind::Io)
+            };
+            if let Err(kind) =
+                with_idle_timeout(&scope.activity, scope.tunnel_idle_timeout, copy).await
+            {
+                tracing::debug!(kind = kind.as_str(), %target, "tunnel ended");
+            }
+            drop(scope);
+        });
     }
 }
 

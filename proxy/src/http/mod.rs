@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod forward;
+pub mod head_timeout;
 pub mod headers;
 pub mod pool;
 pub mod server;

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -26,7 +27,7 @@ use tokio::time::Instant;
 
 use super::error::ProxyError;
 use super::Body;
-use crate::connect::connect;
+use crate::connect::{connect, ConnectError};
 
 /// Idle connections kept per target. Enough for a busy caller's steady concurrency; beyond
 /// it, connections are closed rather than hoarded by one sidecar.
@@ -48,7 +49,7 @@ struct Idle {
 
 pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    h2: Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>,
+    h2: Mutex<HashMap<SocketAddr, Arc<H2Slot>>>,
     max_idle_per_target: usize,
     idle_timeout: Duration,
 }
@@ -178,34 +179,55 @@ impl Pool {
             target: target.to_string(),
             source,
         };
-        let shared = {
-            let h2 = self.h2.lock().unwrap_or_else(|e| e.into_inner());
-            h2.get(&target).filter(|tx| !tx.is_closed()).cloned()
-        };
-        let mut tx = match shared {
-            Some(tx) => tx,
-            None => {
-                let io = connect(target, connect_timeout).await?;
-                let (tx, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(io))
-                    .await
-                    .map_err(upstream_err)?;
-                tokio::spawn(async move {
-                    if let Err(error) = conn.await {
-                        tracing::debug!(%error, %target, "upstream HTTP/2 connection ended with an error");
-                    }
-                });
-                self.h2
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(target, tx.clone());
-                tx
-            }
-        };
+        let mut tx = self.h2_sender(target, connect_timeout).await?;
         tx.ready().await.map_err(upstream_err)?;
         let rsp = tx.send_request(req).await.map_err(upstream_err)?;
         Ok(rsp.map(|b| b.boxed_unsync()))
+    }
+
+    /// The live HTTP/2 connection to `target`, opening it if needed. At most one attempt runs
+    /// per target: requests that arrive meanwhile wait for it and share its outcome, so a cold
+    /// burst opens one connection, and a burst at a dead target fails together after one
+    /// connect timeout instead of one timeout after another.
+    async fn h2_sender(
+        &self,
+        target: SocketAddr,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<Body>, ProxyError> {
+        let slot = self
+            .h2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(target)
+            .or_default()
+            .clone();
+        if let Some(tx) = slot.live() {
+            return Ok(tx);
+        }
+        let seen = slot.attempts.load(Ordering::Acquire);
+        let mut last_failure = slot.connecting.lock().await;
+        if let Some(tx) = slot.live() {
+            return Ok(tx);
+        }
+        if slot.attempts.load(Ordering::Acquire) != seen {
+            if let Some(error) = &*last_failure {
+                return Err(error.clone().into());
+            }
+        }
+        let result = open_h2(target, connect_timeout).await;
+        slot.attempts.fetch_add(1, Ordering::AcqRel);
+        *last_failure = None;
+        match result {
+            Ok(tx) => {
+                *slot.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+                Ok(tx)
+            }
+            Err(ProxyError::Connect(error)) => {
+                *last_failure = Some(error.clone());
+                Err(error.into())
+            }
+            Err(other) => Err(other),
+        }
     }
 
     fn sweep_once(&self) {
@@ -218,12 +240,50 @@ impl Pool {
         self.h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, tx| !tx.is_closed());
+            .retain(|_, slot| slot.live().is_some());
     }
 
     #[cfg(test)]
     pub fn idle_count(&self, target: SocketAddr) -> usize {
         self.idle.lock().unwrap().get(&target).map_or(0, Vec::len)
+    }
+}
+
+async fn open_h2(
+    target: SocketAddr,
+    connect_timeout: Duration,
+) -> Result<http2::SendRequest<Body>, ProxyError> {
+    let io = connect(target, connect_timeout).await?;
+    let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|source| ProxyError::Upstream {
+            target: target.to_string(),
+            source,
+        })?;
+    tokio::spawn(async move {
+        if let Err(error) = conn.await {
+            tracing::debug!(%error, %target, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(tx)
+}
+
+/// One target's HTTP/2 connection, and the lock that serializes attempts to open it.
+#[derive(Default)]
+struct H2Slot {
+    live: Mutex<Option<http2::SendRequest<Body>>>,
+    /// Held while an attempt runs; holds the failure of the last attempt, if it failed.
+    connecting: tokio::sync::Mutex<Option<ConnectError>>,
+    /// Finished attempts, so a waiter can tell that one ended while it waited.
+    attempts: AtomicU64,
+}
+
+impl H2Slot {
+    fn live(&self) -> Option<http2::SendRequest<Body>> {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.as_ref().filter(|tx| !tx.is_closed()).cloned()
     }
 }
 

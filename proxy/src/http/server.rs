@@ -1,6 +1,6 @@
 //! Serving one downstream HTTP connection with hyper, within the limits that keep a slow or
-//! hostile client from holding the proxy: a header-read timeout, a header size limit (431),
-//! and a drain that lets in-flight requests finish.
+//! hostile client from holding the proxy: a request-head timeout ([`super::head_timeout`]),
+//! a header size limit (431), and a drain that lets in-flight requests finish.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -10,47 +10,57 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::forward::Forwarder;
+use super::head_timeout::{GuardedBody, HeadTimer};
 use super::pool::Version;
 use crate::config::Config;
-use crate::drain;
 use crate::metrics::ErrorKind;
 
 /// Serves HTTP on `io` until the client is done, the connection fails, or a drain completes.
 /// Returns the error kind to count when the connection ended abnormally.
-pub async fn serve<I>(
-    io: I,
-    forwarder: Arc<Forwarder>,
-    config: &Config,
-    drain: &drain::Watch,
-) -> Result<(), ErrorKind>
+pub async fn serve<I>(io: I, forwarder: Arc<Forwarder>, config: &Config) -> Result<(), ErrorKind>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let version = forwarder.version;
-    let service = service_fn(move |req| {
-        let forwarder = forwarder.clone();
-        async move { Ok::<_, Infallible>(forwarder.handle(req).await) }
-    });
     let io = TokioIo::new(io);
-    let result = match version {
+    let scope = forwarder.scope.clone();
+    let result = match forwarder.version {
         Version::Http1 => {
+            let head_timer = HeadTimer::new(scope.activity.clone());
+            let timer = head_timer.clone();
+            let service = service_fn(move |req| {
+                let forwarder = forwarder.clone();
+                let guard = timer.request_started();
+                async move {
+                    Ok::<_, Infallible>(
+                        forwarder
+                            .handle(req)
+                            .await
+                            .map(|b| GuardedBody::new(b, guard)),
+                    )
+                }
+            });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(config.header_read_timeout)
+                .header_read_timeout(None)
                 .max_buf_size(config.max_header_bytes)
                 .preserve_header_case(true);
             let conn = builder.serve_connection(io, service).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
+                res = conn.as_mut() => res.map_err(|e| classify(&e)),
+                _ = head_timer.expired(config.header_read_timeout) => Err(ErrorKind::HeaderTimeout),
+                _ = scope.drain.signaled() => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    conn.await.map_err(|e| classify(&e))
                 }
             }
         }
         Version::Http2 => {
+            let service = service_fn(move |req| {
+                let forwarder = forwarder.clone();
+                async move { Ok::<_, Infallible>(forwarder.handle(req).await) }
+            });
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
                 .timer(TokioTimer::new())
@@ -58,19 +68,18 @@ where
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             tokio::select! {
-                res = conn.as_mut() => res,
-                _ = drain.signaled() => {
+                res = conn.as_mut() => res.map_err(|e| classify(&e)),
+                _ = scope.drain.signaled() => {
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    conn.await.map_err(|e| classify(&e))
                 }
             }
         }
     };
-    result.map_err(|error| {
-        let kind = classify(&error);
-        tracing::debug!(%error, ?kind, "downstream HTTP connection failed");
-        kind
-    })
+    if let Err(kind) = result {
+        tracing::debug!(kind = kind.as_str(), "downstream HTTP connection failed");
+    }
+    result
 }
 
 fn classify(error: &hyper::Error) -> ErrorKind {
