@@ -21,7 +21,8 @@ fn main() -> ExitCode {
         Some(Command::Run) | None => match serve(cli.run) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
-                eprintln!("weft-proxy: {error:#}");
+                // Our errors already name their cause; the alternate form would print it twice.
+                eprintln!("weft-proxy: {error}");
                 ExitCode::FAILURE
             }
         },

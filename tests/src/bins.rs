@@ -1,17 +1,20 @@
 //! Finding the binaries under test and staging them where any UID can run them.
 //!
 //! Cargo tells an integration test where its *own* package's binaries are
-//! (`CARGO_BIN_EXE_weft-test-app`) but not where another package's are, and it builds another
-//! package's binaries only when asked. `weft-proxy` is therefore looked up next to
-//! `weft-test-app` (both land in `target/<profile>/`), and must have been built first:
-//! `cargo build -p weft-proxy` (or `cargo build --workspace`). `WEFT_PROXY_BIN` overrides the
-//! lookup, e.g. to test a release build.
+//! (`CARGO_BIN_EXE_weft-test-app`) but not where another package's are, and `cargo test`
+//! builds another package's binaries only as test harnesses, never the real executable.
+//! `weft-proxy` is therefore looked up next to `weft-test-app` (both land in
+//! `target/<profile>/`) and must be built first: `cargo build -p weft-proxy` (or
+//! `cargo build --workspace`). A binary older than the proxy's sources is refused rather than
+//! silently tested. `WEFT_PROXY_BIN` overrides the lookup (and the age check), e.g. to test a
+//! release build.
 
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
-/// The `weft-proxy` binary to test, given the path of this package's `weft-test-app`.
-/// Panics with the command to run when it has not been built.
-pub fn weft_proxy(test_app: &Path) -> PathBuf {
+/// The `weft-proxy` binary to test, given the path of this package's `weft-test-app` and the
+/// workspace root. Panics with the command to run when it is missing or stale.
+pub fn weft_proxy(test_app: &Path, workspace: &Path) -> PathBuf {
     if let Some(path) = std::env::var_os("WEFT_PROXY_BIN") {
         let path = PathBuf::from(path);
         assert!(
@@ -22,13 +25,54 @@ pub fn weft_proxy(test_app: &Path) -> PathBuf {
         return path;
     }
     let path = test_app.with_file_name("weft-proxy");
-    assert!(
-        path.is_file(),
-        "{} not found: build it first with `cargo build -p weft-proxy` (same profile as the \
-         tests), or point WEFT_PROXY_BIN at a weft-proxy binary",
-        path.display()
-    );
+    let built = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|err| {
+            panic!(
+                "{}: {err}; build it first with `cargo build -p weft-proxy` (same profile as \
+                 the tests), or point WEFT_PROXY_BIN at a weft-proxy binary",
+                path.display()
+            )
+        });
+    // Only the crate's own sources: every change there relinks the binary, so an older binary
+    // is certainly stale (tests and other crates may change without relinking it).
+    let sources = workspace.join("proxy/src");
+    if let Some((newest, file)) = newest_file(&sources) {
+        assert!(
+            built >= newest,
+            "{} is older than {}: rebuild it with `cargo build -p weft-proxy` (or set \
+             WEFT_PROXY_BIN to test a specific binary)",
+            path.display(),
+            file.display()
+        );
+    }
     path
+}
+
+/// The most recently modified file under `dir` (recursively), with its modification time.
+fn newest_file(dir: &Path) -> Option<(SystemTime, PathBuf)> {
+    let mut newest: Option<(SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let candidate = if meta.is_dir() {
+            newest_file(&path)
+        } else {
+            meta.modified().ok().map(|time| (time, path))
+        };
+        if let Some(candidate) = candidate {
+            let newer = match &newest {
+                Some((time, _)) => candidate.0 > *time,
+                None => true,
+            };
+            if newer {
+                newest = Some(candidate);
+            }
+        }
+    }
+    newest
 }
 
 /// Links (or copies) `binary` into `dir`, which the caller created world-readable, so that
@@ -49,4 +93,20 @@ pub fn stage(binary: &Path, dir: &Path) -> PathBuf {
         });
     }
     staged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_newest_file() {
+        let dir = crate::TempDir::new("weft-bins-unit");
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("old"), "").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(dir.path().join("sub/new"), "").unwrap();
+        let (_, file) = newest_file(dir.path()).unwrap();
+        assert_eq!(file, dir.path().join("sub/new"));
+    }
 }

@@ -1,5 +1,6 @@
-//! Helpers for Weft's end-to-end tests: network namespaces as pods, guarded child processes,
-//! a tiny blocking HTTP/1.1 client and server, and a Prometheus text parser.
+//! Helpers for Weft's end-to-end tests: network namespaces as pods (with their proxy and apps),
+//! guarded child processes, a tiny blocking HTTP/1.1 client and server, a TCP echo server, and
+//! a Prometheus text parser.
 //!
 //! Everything is blocking and bounded: every wait has a deadline, every child and namespace
 //! has a guard that removes it on drop, so a failing test fails fast and leaves nothing
@@ -10,7 +11,9 @@ pub mod bins;
 pub mod http;
 pub mod metrics;
 pub mod netns;
+pub mod pod;
 pub mod process;
+pub mod tcp;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -57,6 +57,24 @@ impl Netns {
         )
     }
 
+    /// Adds `cidr` to `dev`. IPv6 addresses skip duplicate address detection (`nodad`): a
+    /// tentative address cannot be bound or connected from, and nothing else shares the link.
+    pub fn add_address(&self, dev: &str, cidr: &str) {
+        let mut args = vec!["addr", "add", cidr, "dev", dev];
+        if cidr.contains(':') {
+            args.push("nodad");
+        }
+        self.ip(&args);
+    }
+
+    /// Sets the namespaced sysctl `key` (a path under /proc/sys, like
+    /// `net/ipv6/neigh/eth0/retrans_time_ms`) to `value` in this namespace.
+    pub fn sysctl(&self, key: &str, value: &str) {
+        let path = format!("/proc/sys/{key}");
+        self.run_in(|| std::fs::write(&path, value))
+            .unwrap_or_else(|err| panic!("{}: writing {value} to {path}: {err}", self.name));
+    }
+
     /// Runs `f` on a thread that has entered this namespace, and returns its result.
     pub fn run_in<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         let fd = self.handle.as_raw_fd();
@@ -106,10 +124,12 @@ fn delete(name: &str) {
     }
 }
 
-/// Joins `a` and `b` with a veth pair named `eth0` on both ends, addresses it (`10.x.y.z/30`
-/// style CIDRs, one per end) and brings it up. The pair is created directly inside the two
-/// namespaces, so the host never sees it, and it disappears with them.
-pub fn connect(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str) {
+/// Joins `a` and `b` with a veth pair named `eth0` on both ends, gives each end its addresses
+/// (CIDRs such as `10.231.0.1/30` or `fd00:77::1/64`, see [`Netns::add_address`]), brings it
+/// up, and returns once each end reaches every address of the other (see [`wait_reachable`]).
+/// The pair is created directly inside the two namespaces, so the host never sees it, and it
+/// disappears with them.
+pub fn connect(a: &Netns, a_cidrs: &[&str], b: &Netns, b_cidrs: &[&str]) {
     run_ok(
         Command::new("ip").args([
             "link", "add", "eth0", "netns", &a.name, "type", "veth", "peer", "name", "eth0",
@@ -117,9 +137,57 @@ pub fn connect(a: &Netns, a_cidr: &str, b: &Netns, b_cidr: &str) {
         ]),
         COMMAND_TIMEOUT,
     );
-    for (ns, cidr) in [(a, a_cidr), (b, b_cidr)] {
-        ns.ip(&["addr", "add", cidr, "dev", "eth0"]);
+    for (ns, cidrs) in [(a, a_cidrs), (b, b_cidrs)] {
+        // Neighbour solicitations lost while the link comes up are retried after 100 ms
+        // instead of 1 s (see `wait_reachable`).
+        ns.sysctl("net/ipv6/neigh/eth0/retrans_time_ms", "100");
+        for cidr in cidrs {
+            ns.add_address("eth0", cidr);
+        }
         ns.ip(&["link", "set", "eth0", "up"]);
+    }
+    for (from, to) in [(a, b_cidrs), (b, a_cidrs)] {
+        for cidr in to {
+            let ip = cidr.split('/').next().unwrap_or(cidr);
+            let ip = ip
+                .parse()
+                .unwrap_or_else(|err| panic!("address {cidr}: {err}"));
+            wait_reachable(from, ip);
+        }
+    }
+}
+
+/// How long a fresh link may take to carry traffic.
+pub const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+/// A port nothing listens on in a fresh namespace: a probe to it is answered with a reset.
+const PROBE_PORT: u16 = 9;
+
+/// Waits until a TCP probe from `from` to `ip` is answered (refused or accepted), panicking
+/// after [`LINK_TIMEOUT`].
+///
+/// A veth pair that is up does not carry IPv6 at once: until the kernel has finished setting
+/// up IPv6 on the new link (its multicast route among others), a Neighbor Solicitation can be
+/// dropped, and then neighbour discovery and the SYN are both retried only after a second,
+/// longer than a proxy's 1 s connect timeout. Probing until a connection attempt is answered
+/// leaves that to the setup instead of the test's first request. IPv4 is answered at once.
+pub fn wait_reachable(from: &Netns, ip: std::net::IpAddr) {
+    let addr = std::net::SocketAddr::new(ip, PROBE_PORT);
+    let answered = crate::wait_for(LINK_TIMEOUT, || {
+        let probe =
+            from.run_in(|| std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)));
+        match probe {
+            Ok(_) => Some(()),
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Some(()),
+            Err(_) => None,
+        }
+    });
+    if answered.is_none() {
+        panic!(
+            "{} cannot reach {addr} within {LINK_TIMEOUT:?}:\n{}\n{}",
+            from.name,
+            from.ip(&["addr", "show", "dev", "eth0"]),
+            from.ip(&["neigh", "show"])
+        );
     }
 }
 
