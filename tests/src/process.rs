@@ -46,6 +46,20 @@ impl ChildGuard {
         }
     }
 
+    /// Waits up to `timeout` for the child to exit on its own; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// The last `lines` lines of the child's log, or a note that there is none.
     pub fn log_tail(&self, lines: usize) -> String {
         match &self.log {
