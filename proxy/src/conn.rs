@@ -190,14 +190,17 @@ fn route(
     stream: &TcpStream,
     local: SocketAddr,
 ) -> Result<Route, &'static str> {
-    let fixed = |direction, addr: SocketAddr, label: &str, protocol| Route {
-        direction,
-        destination: Destination::Fixed {
-            addr,
-            metrics: shared.metrics.for_target(direction, label),
-        },
-        metrics: shared.metrics.for_target(direction, label),
-        protocol,
+    let fixed = |direction, addr: SocketAddr, label: &str, protocol| {
+        let metrics = shared.metrics.for_target(direction, label);
+        Route {
+            direction,
+            destination: Destination::Fixed {
+                addr,
+                metrics: metrics.clone(),
+            },
+            metrics,
+            protocol,
+        }
     };
     let by_port = |addr: SocketAddr| {
         if config.skip_detect_ports.contains(&addr.port()) {

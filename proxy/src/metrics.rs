@@ -6,6 +6,7 @@
 //! keeps a [`TargetMetrics`] of ready handles (each an `Arc` around atomics).
 
 use std::fmt::Write as _;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -192,6 +193,7 @@ impl Metrics {
             tcp_closed: self.tcp_closed.get_or_create(&labels).clone(),
             tcp_open: self.tcp_open.get_or_create(&labels).clone(),
             tcp_opened: self.tcp_opened.get_or_create(&labels).clone(),
+            responses: Default::default(),
             family: self.clone(),
             labels,
         }
@@ -215,6 +217,9 @@ pub struct TargetMetrics {
     tcp_opened: Counter,
     tcp_closed: Counter,
     tcp_open: Gauge,
+    /// Response counters by status class, looked up on first use: a series exists only for
+    /// the classes that occur, and later responses skip the label lookup.
+    responses: Arc<[OnceLock<Counter>; 5]>,
     family: Metrics,
     labels: TargetLabels,
 }
@@ -222,19 +227,19 @@ pub struct TargetMetrics {
 impl TargetMetrics {
     pub fn response(&self, status: http::StatusCode, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
-        let status_class = match status.as_u16() {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
-        let labels = ResponseLabels {
-            direction: self.labels.direction,
-            target: self.labels.target.clone(),
-            status_class,
-        };
-        self.family.responses.get_or_create(&labels).inc();
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        // StatusCode is always 100..=999; everything from 500 up counts as a server error.
+        let class = (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1;
+        self.responses[class]
+            .get_or_init(|| {
+                let labels = ResponseLabels {
+                    direction: self.labels.direction,
+                    target: self.labels.target.clone(),
+                    status_class: CLASSES[class],
+                };
+                self.family.responses.get_or_create(&labels).clone()
+            })
+            .inc();
     }
 
     pub fn error(&self, kind: ErrorKind) {

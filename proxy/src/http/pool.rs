@@ -105,7 +105,6 @@ impl Pool {
         }
         let io = connect(target, connect_timeout).await?;
         let (mut tx, conn) = http1::Builder::new()
-            .preserve_header_case(true)
             .handshake(TokioIo::new(io))
             .await
             .map_err(upstream_err)?;

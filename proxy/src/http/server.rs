@@ -43,8 +43,7 @@ where
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(None)
-                .max_buf_size(config.max_header_bytes)
-                .preserve_header_case(true);
+                .max_buf_size(config.max_header_bytes);
             let conn = builder.serve_connection(io, service).with_upgrades();
             tokio::pin!(conn);
             tokio::select! {
