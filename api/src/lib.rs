@@ -1,5 +1,15 @@
-//! Types shared by Weft's proxy, control plane and tools.
+//! Types shared by Weft's proxy, control plane and tools: SPIFFE identities and the
+//! control-plane gRPC API.
 
 pub mod identity;
 
 pub use identity::{IdentityError, SpiffeId};
+
+/// Generated from `proto/`.
+pub mod proto {
+    pub mod identity {
+        pub mod v1 {
+            tonic::include_proto!("weft.identity.v1");
+        }
+    }
+}
