@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use weft_api::SpiffeId;
 
 use crate::duration::parse_duration;
 use crate::init::InitArgs;
@@ -96,6 +97,87 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "WEFT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Workload identity and its certificates (mTLS).
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// Where a projected service-account token for the identity audience is mounted by the
+/// injector; the kubelet rotates the file in place.
+pub const DEFAULT_IDENTITY_TOKEN_FILE: &str = "/var/run/secrets/weft.dev/identity/token";
+
+/// The workload identity: where its certificate comes from. Files mode when `--identity-cert`
+/// is set, control-plane mode when `--control-plane-addr` is set, otherwise mTLS is off.
+/// [`crate::identity::start`] checks the combination; conflicting or incomplete sets of flags
+/// are a startup error.
+#[derive(Debug, Clone, Args, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityArgs {
+    /// Trust domain of the mesh's SPIFFE IDs [default: --identity's, else cluster.local].
+    #[arg(long, env = "WEFT_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+
+    /// This workload's SPIFFE ID, spelled out (instead of --namespace and --service-account).
+    #[arg(long, env = "WEFT_IDENTITY")]
+    pub identity: Option<SpiffeId>,
+
+    /// The pod's namespace; with --service-account, names the identity
+    /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>.
+    #[arg(long, env = "WEFT_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// The pod's service account.
+    #[arg(long, env = "WEFT_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+
+    /// Control-plane address (host:port) to get certificates from.
+    #[arg(long, env = "WEFT_CONTROL_PLANE_ADDR")]
+    pub control_plane_addr: Option<String>,
+
+    /// The SPIFFE ID the control plane must present
+    /// [default: spiffe://<trust-domain>/ns/weft-system/sa/weft-control-plane].
+    #[arg(long, env = "WEFT_CONTROL_PLANE_IDENTITY")]
+    pub control_plane_identity: Option<SpiffeId>,
+
+    /// Token proving the service account to the control plane, re-read for every request.
+    #[arg(long, env = "WEFT_IDENTITY_TOKEN_FILE", default_value = DEFAULT_IDENTITY_TOKEN_FILE)]
+    pub identity_token_file: PathBuf,
+
+    /// PEM roots the control plane's certificate must chain to (control-plane mode).
+    #[arg(long, env = "WEFT_TRUST_ANCHORS")]
+    pub trust_anchors: Option<PathBuf>,
+
+    /// Files mode: the workload certificate chain (PEM, leaf first), reloaded when it changes.
+    #[arg(long, env = "WEFT_IDENTITY_CERT")]
+    pub identity_cert: Option<PathBuf>,
+
+    /// Files mode: the certificate's private key (PEM, PKCS#8).
+    #[arg(long, env = "WEFT_IDENTITY_KEY")]
+    pub identity_key: Option<PathBuf>,
+
+    /// Files mode: the roots peers' certificates must chain to (PEM).
+    #[arg(long, env = "WEFT_IDENTITY_TRUST_BUNDLE")]
+    pub identity_trust_bundle: Option<PathBuf>,
+}
+
+impl Default for IdentityArgs {
+    /// mTLS off: what a proxy gets with none of the identity flags.
+    fn default() -> Self {
+        IdentityArgs {
+            trust_domain: None,
+            identity: None,
+            namespace: None,
+            service_account: None,
+            control_plane_addr: None,
+            control_plane_identity: None,
+            identity_token_file: PathBuf::from(DEFAULT_IDENTITY_TOKEN_FILE),
+            trust_anchors: None,
+            identity_cert: None,
+            identity_key: None,
+            identity_trust_bundle: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]

@@ -1,22 +1,25 @@
-//! One accepted connection, start to end: find its destination, detect its protocol, and hand
-//! it to the HTTP server or the opaque forwarder — with byte counting and an idle timeout.
-//! This is the place to start reading the data path.
+//! One accepted connection, start to end: find its destination, terminate mesh TLS on the
+//! inbound side, detect its protocol, and hand it to the HTTP server or the opaque forwarder
+//! — with byte counting and an idle timeout. This is the place to start reading the data path.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use weft_api::SpiffeId;
 
 use crate::bootstrap::Mode;
-use crate::config::{Config, ConfigStore, Protocol};
+use crate::config::{Config, ConfigStore, MtlsMode, Protocol};
 use crate::detect::{detect, Detected};
 use crate::drain;
 use crate::http::forward::{Destination, Forwarder};
 use crate::http::pool::{Pool, Version};
 use crate::io::{Activity, MeteredIo, PrefixedIo};
-use crate::metrics::{Direction, ErrorKind, Metrics, OpenConnection, TargetMetrics};
+use crate::metrics::{Direction, ErrorKind, Metrics, OpenConnection};
 use crate::orig_dst::original_dst;
+use crate::tls::{SharedTls, Upstream, ALPN_H2, ALPN_HTTP1};
 
 /// What outlives a single request on a connection: tunnels (upgrades, `CONNECT`) that take
 /// the connection over hold it too, so the drain waits for them, the open-connections gauge
@@ -37,6 +40,8 @@ pub struct Shared {
     pub config: Arc<ConfigStore>,
     pub metrics: Metrics,
     pub pool: Arc<Pool>,
+    /// The workload identity; `None` when mTLS is off.
+    pub tls: SharedTls,
 }
 
 /// Which listener accepted the connection.
@@ -57,11 +62,14 @@ const FORWARD_PROXY_LABEL: &str = "forward-proxy";
 
 struct Route {
     direction: Direction,
-    destination: Destination,
-    /// Connection-level metrics (bytes, open connections).
-    metrics: TargetMetrics,
+    /// Where every request goes; `None` in forward-proxy mode, where each request says.
+    upstream: Option<Upstream>,
+    /// The `target` metric label.
+    label: String,
     /// Known without looking at the bytes (a static listener's protocol, a skipped port).
     protocol: Protocol,
+    /// Inbound only: the destination port, which selects the mTLS mode.
+    inbound_port: Option<u16>,
 }
 
 pub async fn serve_connection(
@@ -84,21 +92,116 @@ pub async fn serve_connection(
             };
             shared
                 .metrics
-                .for_target(direction, "unknown")
+                .for_target(direction, "unknown", None)
                 .error(ErrorKind::NoDestination);
             return;
         }
     };
-    let open = Arc::new(route.metrics.connection_opened());
+    let Some(port) = route.inbound_port else {
+        return serve_stream(&shared, &config, route, stream, None, local, drain).await;
+    };
+    match inbound_tls(&shared, &config, &route, port, stream).await {
+        Inbound::Mesh(accepted) => {
+            let peer = Some((accepted.client_id, accepted.alpn));
+            serve_stream(&shared, &config, route, accepted.stream, peer, local, drain).await
+        }
+        Inbound::Plain(stream) => {
+            serve_stream(&shared, &config, route, stream, None, local, drain).await
+        }
+        Inbound::Refused(kind) => {
+            shared
+                .metrics
+                .for_target(route.direction, &route.label, None)
+                .error(kind);
+        }
+    }
+}
+
+enum Inbound {
+    Mesh(crate::tls::Accepted),
+    Plain(TcpStream),
+    Refused(ErrorKind),
+}
+
+/// Decides whether an inbound connection is mesh mTLS (terminated here), plaintext
+/// (accepted where the port is PERMISSIVE), or refused.
+///
+/// A skipped (opaque) port in PERMISSIVE mode is not inspected at all: waiting for a
+/// ClientHello would stall server-speaks-first plaintext clients. Meshed clients of such a
+/// port need it to be STRICT, where the proxy waits for their handshake.
+async fn inbound_tls(
+    shared: &Shared,
+    config: &Config,
+    route: &Route,
+    port: u16,
+    stream: TcpStream,
+) -> Inbound {
+    let mode = config.inbound_mtls.mode(port);
+    let inspect = route.protocol != Protocol::Opaque || mode == MtlsMode::Strict;
+    if let (Some(tls), true) = (&shared.tls, inspect) {
+        if crate::tls::starts_with_client_hello(&stream, config.detect_timeout).await {
+            let peer = stream
+                .peer_addr()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+            return match crate::tls::accept(tls, stream, peer, config.detect_timeout).await {
+                Ok(accepted) => Inbound::Mesh(accepted),
+                Err(error) => {
+                    tracing::info!(%error, port, "inbound TLS refused");
+                    Inbound::Refused(ErrorKind::TlsHandshake)
+                }
+            };
+        }
+    }
+    if mode == MtlsMode::Strict {
+        tracing::info!(port, "plaintext connection refused: port is STRICT mTLS");
+        return Inbound::Refused(ErrorKind::PlaintextRefused);
+    }
+    Inbound::Plain(stream)
+}
+
+/// Serves a connection whose bytes are in the clear: a plain TCP stream, or one whose mesh TLS
+/// has been terminated (`peer`: the caller's identity and the negotiated ALPN).
+async fn serve_stream<S>(
+    shared: &Shared,
+    config: &Arc<Config>,
+    route: Route,
+    stream: S,
+    peer: Option<(SpiffeId, Option<Vec<u8>>)>,
+    local: SocketAddr,
+    drain: drain::Watch,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (client_id, alpn) = match peer {
+        Some((id, alpn)) => (Some(id), alpn),
+        None => (None, None),
+    };
+    let labelled_peer = match route.direction {
+        Direction::Inbound => client_id.as_ref(),
+        Direction::Outbound => route.upstream.as_ref().and_then(|u| u.identity.as_ref()),
+    };
+    let metrics = shared
+        .metrics
+        .for_target(route.direction, &route.label, labelled_peer);
+    if let Some(id) = &client_id {
+        tracing::debug!(client_id = %id, target = %route.label, "mesh connection accepted");
+    }
+    let open = Arc::new(metrics.connection_opened());
     let activity = Arc::new(Activity::default());
     let mut io = MeteredIo::new(
         stream,
-        route.metrics.tcp_read_bytes.clone(),
-        route.metrics.tcp_write_bytes.clone(),
+        metrics.tcp_read_bytes.clone(),
+        metrics.tcp_write_bytes.clone(),
         activity.clone(),
     );
     let mut prefix = BytesMut::new();
-    let detected = match route.protocol {
+    // On a mesh hop, ALPN has already said what the peer will speak.
+    let protocol = match alpn.as_deref() {
+        Some(ALPN_H2) => Protocol::Http2,
+        Some(ALPN_HTTP1) => Protocol::Http1,
+        _ => route.protocol,
+    };
+    let detected = match protocol {
         Protocol::Http1 => Detected::Http1,
         Protocol::Http2 => Detected::Http2,
         Protocol::Opaque => Detected::Opaque,
@@ -106,27 +209,30 @@ pub async fn serve_connection(
             Ok(detected) => detected,
             Err(error) => {
                 tracing::debug!(%error, "connection failed during detection");
-                route.metrics.error(ErrorKind::Io);
+                metrics.error(ErrorKind::Io);
                 return;
             }
         },
     };
     let io = PrefixedIo::new(prefix.freeze(), io);
 
-    let result = match (detected, route.destination) {
-        (Detected::Opaque, Destination::Fixed { addr, .. }) => {
-            with_idle_timeout(
-                &activity,
-                config.tcp_idle_timeout,
-                forward_opaque(io, addr, &config),
-            )
-            .await
+    let result = match (detected, route.upstream) {
+        (Detected::Opaque, Some(upstream)) => {
+            let forwarding = forward_opaque(io, upstream, &shared.tls, config);
+            with_idle_timeout(&activity, config.tcp_idle_timeout, forwarding).await
         }
-        (Detected::Opaque, Destination::FromRequest) => {
+        (Detected::Opaque, None) => {
             tracing::info!(%local, "non-HTTP traffic on the forward proxy has no destination");
             Err(ErrorKind::NoDestination)
         }
-        (Detected::Http1 | Detected::Http2, destination) => {
+        (Detected::Http1 | Detected::Http2, upstream) => {
+            let destination = match upstream {
+                Some(upstream) => Destination::Fixed {
+                    upstream,
+                    metrics: metrics.clone(),
+                },
+                None => Destination::FromRequest,
+            };
             let forwarder = Arc::new(Forwarder {
                 direction: route.direction,
                 destination,
@@ -146,20 +252,25 @@ pub async fn serve_connection(
                     tunnel_idle_timeout: config.tcp_idle_timeout,
                 },
             });
-            let serving = crate::http::server::serve(io, forwarder, &config);
+            let serving = crate::http::server::serve(io, forwarder, config);
             with_idle_timeout(&activity, config.http_idle_timeout, serving).await
         }
     };
     if let Err(kind) = result {
-        route.metrics.error(kind);
+        metrics.error(kind);
     }
 }
 
-async fn forward_opaque<I>(io: I, target: SocketAddr, config: &Config) -> Result<(), ErrorKind>
+async fn forward_opaque<I>(
+    io: I,
+    upstream: Upstream,
+    tls: &SharedTls,
+    config: &Config,
+) -> Result<(), ErrorKind>
 where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    I: AsyncRead + AsyncWrite + Unpin,
 {
-    crate::tcp::forward(io, target, config.connect_timeout)
+    crate::tcp::forward(io, &upstream, tls, config.connect_timeout)
         .await
         .map(drop)
         .map_err(|error| {
@@ -190,24 +301,19 @@ fn route(
     stream: &TcpStream,
     local: SocketAddr,
 ) -> Result<Route, &'static str> {
-    let fixed = |direction, addr: SocketAddr, label: &str, protocol| {
-        let metrics = shared.metrics.for_target(direction, label);
-        Route {
-            direction,
-            destination: Destination::Fixed {
-                addr,
-                metrics: metrics.clone(),
-            },
-            metrics,
-            protocol,
-        }
-    };
-    let by_port = |addr: SocketAddr| {
-        if config.skip_detect_ports.contains(&addr.port()) {
+    let by_port = |port: u16| {
+        if config.skip_detect_ports.contains(&port) {
             Protocol::Opaque
         } else {
             Protocol::Auto
         }
+    };
+    let inbound = |app: SocketAddr, port: u16| Route {
+        direction: Direction::Inbound,
+        upstream: Some(Upstream::plain(app)),
+        label: app.to_string(),
+        protocol: by_port(port),
+        inbound_port: Some(port),
     };
     match (role, shared.mode) {
         (Role::Static { bind }, _) => {
@@ -216,63 +322,59 @@ fn route(
                 .ok_or("static listener was removed from the config")?;
             // `auto` defers to the skip list like any other destination port.
             let protocol = match listener.protocol {
-                Protocol::Auto => by_port(listener.target),
+                Protocol::Auto => by_port(listener.target.port()),
                 declared => declared,
             };
-            Ok(fixed(
-                Direction::Outbound,
-                listener.target,
-                &listener.name,
+            Ok(Route {
+                direction: Direction::Outbound,
+                upstream: Some(Upstream {
+                    addr: listener.target,
+                    identity: listener.identity.clone(),
+                }),
+                label: listener.name.clone(),
                 protocol,
-            ))
+                inbound_port: None,
+            })
         }
         (Role::Outbound, Mode::Transparent) => match original_dst(stream, local) {
-            Ok(dst) if dst != local => Ok(fixed(
-                Direction::Outbound,
-                dst,
-                &dst.to_string(),
-                by_port(dst),
-            )),
+            Ok(dst) if dst != local => Ok(Route {
+                direction: Direction::Outbound,
+                upstream: Some(Upstream::plain(dst)),
+                label: dst.to_string(),
+                protocol: by_port(dst.port()),
+                inbound_port: None,
+            }),
             // Not redirected: a client that was pointed at the proxy directly.
-            _ => Ok(forward_proxy(shared)),
+            _ => Ok(forward_proxy()),
         },
-        (Role::Outbound, Mode::Local) => Ok(forward_proxy(shared)),
+        (Role::Outbound, Mode::Local) => Ok(forward_proxy()),
         (Role::Inbound, Mode::Transparent) => {
             let dst = original_dst(stream, local)
                 .map_err(|_| "no original destination (connection was not redirected)")?;
             if dst == local {
                 return Err("connection was addressed to the inbound listener itself");
             }
-            let app = SocketAddr::new(loopback_like(dst.ip()), dst.port());
-            Ok(fixed(
-                Direction::Inbound,
-                app,
-                &app.to_string(),
-                by_port(dst),
+            Ok(inbound(
+                SocketAddr::new(loopback_like(dst.ip()), dst.port()),
+                dst.port(),
             ))
         }
         (Role::Inbound, Mode::Local) => {
             let app = shared
                 .inbound_app
                 .ok_or("local mode without --inbound-app: inbound traffic has nowhere to go")?;
-            Ok(fixed(
-                Direction::Inbound,
-                app,
-                &app.to_string(),
-                by_port(app),
-            ))
+            Ok(inbound(app, app.port()))
         }
     }
 }
 
-fn forward_proxy(shared: &Shared) -> Route {
+fn forward_proxy() -> Route {
     Route {
         direction: Direction::Outbound,
-        destination: Destination::FromRequest,
-        metrics: shared
-            .metrics
-            .for_target(Direction::Outbound, FORWARD_PROXY_LABEL),
+        upstream: None,
+        label: FORWARD_PROXY_LABEL.to_owned(),
         protocol: Protocol::Auto,
+        inbound_port: None,
     }
 }
 

@@ -7,6 +7,8 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 use crate::metrics::ErrorKind;
+use crate::tls::{HandshakeError, SharedTls, Upstream};
+use weft_api::SpiffeId;
 
 /// Cloneable so that requests waiting on one connection attempt can all get its failure.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -20,6 +22,15 @@ pub enum ConnectError {
         addr: SocketAddr,
         source: std::sync::Arc<std::io::Error>,
     },
+    #[error(transparent)]
+    Tls(#[from] HandshakeError),
+    #[error(
+        "{addr} is a meshed upstream ({identity}) but this proxy has no identity to connect with"
+    )]
+    NoIdentity {
+        addr: SocketAddr,
+        identity: SpiffeId,
+    },
 }
 
 impl ConnectError {
@@ -28,6 +39,7 @@ impl ConnectError {
             ConnectError::Refused { .. } => ErrorKind::ConnectRefused,
             ConnectError::Timeout { .. } => ErrorKind::ConnectTimeout,
             ConnectError::Io { .. } => ErrorKind::ConnectError,
+            ConnectError::Tls(_) | ConnectError::NoIdentity { .. } => ErrorKind::TlsHandshake,
         }
     }
 }
@@ -49,4 +61,102 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
     // Proxied request/response traffic is latency-bound; Nagle only adds delay.
     let _ = stream.set_nodelay(true);
     Ok(stream)
+}
+
+/// Connects to `upstream`: plain TCP, or mesh TLS with `alpn` when the upstream has an
+/// identity. The handshake shares the connect timeout.
+pub async fn connect_upstream(
+    upstream: &Upstream,
+    tls: &SharedTls,
+    alpn: &[&[u8]],
+    timeout: Duration,
+) -> Result<UpstreamIo, ConnectError> {
+    let tcp = connect(upstream.addr, timeout).await?;
+    let Some(identity) = &upstream.identity else {
+        return Ok(UpstreamIo::Plain(tcp));
+    };
+    let Some(tls) = tls else {
+        return Err(ConnectError::NoIdentity {
+            addr: upstream.addr,
+            identity: identity.clone(),
+        });
+    };
+    let stream = crate::tls::connect(tls, tcp, upstream.addr, identity, alpn, timeout).await?;
+    Ok(UpstreamIo::Tls(Box::new(stream)))
+}
+
+/// An upstream connection: plain TCP or mesh TLS.
+pub enum UpstreamIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl UpstreamIo {
+    /// The ALPN protocol the peer chose, for TLS connections.
+    pub fn alpn(&self) -> Option<&[u8]> {
+        match self {
+            UpstreamIo::Plain(_) => None,
+            UpstreamIo::Tls(s) => s.get_ref().1.alpn_protocol(),
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self.get_mut() {
+            UpstreamIo::Plain($s) => {
+                let $s = std::pin::Pin::new($s);
+                $e
+            }
+            UpstreamIo::Tls($s) => {
+                let $s = std::pin::Pin::new($s.as_mut());
+                $e
+            }
+        }
+    };
+}
+
+impl tokio::io::AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, s => s.poll_read(cx, buf))
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        delegate!(self, s => s.poll_write(cx, buf))
+    }
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        delegate!(self, s => s.poll_write_vectored(cx, bufs))
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamIo::Plain(s) => s.is_write_vectored(),
+            UpstreamIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, s => s.poll_flush(cx))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        delegate!(self, s => s.poll_shutdown(cx))
+    }
 }

@@ -15,12 +15,14 @@ pub mod detect;
 pub mod drain;
 pub mod duration;
 pub mod http;
+pub mod identity;
 pub mod init;
 pub mod io;
 pub mod listener;
 pub mod metrics;
 pub mod orig_dst;
 pub mod tcp;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -43,6 +45,8 @@ pub enum StartError {
     Watch(#[from] config::reload::WatchError),
     #[error(transparent)]
     Bind(#[from] listener::BindError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -78,12 +82,14 @@ impl Proxy {
             )?),
             None => None,
         };
+        let tls = identity::start(&args.identity, &mut registry).await?;
         let shared = Arc::new(Shared {
             mode: args.mode,
             inbound_app: args.inbound_app,
             config: store.clone(),
             metrics,
-            pool: http::pool::Pool::new(),
+            pool: http::pool::Pool::new(tls.clone()),
+            tls: tls.clone(),
         });
         let (drain_signal, drain_watch) = drain::channel();
 
@@ -128,7 +134,18 @@ impl Proxy {
             started_tx,
         ));
         let _ = started_rx.await;
-        admin.ready.store(true, Ordering::Release);
+        // Ready once the listeners are up and, with mTLS on, the first certificate is in.
+        match tls {
+            Some(tls) => {
+                let admin = admin.clone();
+                tokio::spawn(async move {
+                    tls.ready().await;
+                    admin.ready.store(true, Ordering::Release);
+                    tracing::info!(identity = ?tls.local_identity().map(|id| id.to_string()), "identity ready");
+                });
+            }
+            None => admin.ready.store(true, Ordering::Release),
+        }
         let [outbound_addrs, inbound_addrs] = bound;
         tracing::info!(mode = ?args.mode, ?outbound_addrs, ?inbound_addrs, %admin_addr, "proxy ready");
         Ok(Proxy {

@@ -15,6 +15,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use weft_api::SpiffeId;
 
 #[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
 pub enum Direction {
@@ -35,20 +36,27 @@ impl Direction {
 pub struct TargetLabels {
     pub direction: Direction,
     pub target: String,
+    /// `true` when the connection is mesh mTLS.
+    pub tls: &'static str,
+    /// Inbound: the caller's SPIFFE ID. Empty otherwise.
+    pub client_id: String,
+    /// Outbound: the SPIFFE ID the upstream had to present. Empty otherwise.
+    pub server_id: String,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResponseLabels {
-    direction: Direction,
-    target: String,
     status_class: &'static str,
+    // The derive can only flatten the last field.
+    #[prometheus(flatten)]
+    target: TargetLabels,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ErrorLabels {
-    direction: Direction,
-    target: String,
     kind: ErrorKind,
+    #[prometheus(flatten)]
+    target: TargetLabels,
 }
 
 /// What went wrong, as a bounded label.
@@ -64,6 +72,8 @@ pub enum ErrorKind {
     UpstreamError,
     NoDestination,
     Io,
+    TlsHandshake,
+    PlaintextRefused,
 }
 
 impl ErrorKind {
@@ -79,6 +89,8 @@ impl ErrorKind {
             ErrorKind::UpstreamError => "upstream_error",
             ErrorKind::NoDestination => "no_destination",
             ErrorKind::Io => "io_error",
+            ErrorKind::TlsHandshake => "tls_handshake",
+            ErrorKind::PlaintextRefused => "plaintext_refused",
         }
     }
 }
@@ -180,10 +192,26 @@ impl Metrics {
         m
     }
 
-    pub fn for_target(&self, direction: Direction, target: &str) -> TargetMetrics {
+    /// Handles for one target. `peer` is the mesh identity on the other end (the caller
+    /// inbound, the upstream outbound) when the connection is mTLS.
+    pub fn for_target(
+        &self,
+        direction: Direction,
+        target: &str,
+        peer: Option<&SpiffeId>,
+    ) -> TargetMetrics {
+        let peer = peer.map(|id| id.as_str().to_owned()).unwrap_or_default();
+        let tls = if peer.is_empty() { "false" } else { "true" };
+        let (client_id, server_id) = match direction {
+            Direction::Inbound => (peer, String::new()),
+            Direction::Outbound => (String::new(), peer),
+        };
         let labels = TargetLabels {
             direction,
             target: target.to_owned(),
+            tls,
+            client_id,
+            server_id,
         };
         TargetMetrics {
             requests: self.requests.get_or_create(&labels).clone(),
@@ -233,8 +261,7 @@ impl TargetMetrics {
         self.responses[class]
             .get_or_init(|| {
                 let labels = ResponseLabels {
-                    direction: self.labels.direction,
-                    target: self.labels.target.clone(),
+                    target: self.labels.clone(),
                     status_class: CLASSES[class],
                 };
                 self.family.responses.get_or_create(&labels).clone()
@@ -244,8 +271,7 @@ impl TargetMetrics {
 
     pub fn error(&self, kind: ErrorKind) {
         let labels = ErrorLabels {
-            direction: self.labels.direction,
-            target: self.labels.target.clone(),
+            target: self.labels.clone(),
             kind,
         };
         self.family.errors.get_or_create(&labels).inc();
@@ -288,7 +314,7 @@ mod tests {
     fn counts_requests_responses_and_connections_by_target() {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
-        let t = metrics.for_target(Direction::Outbound, "10.0.0.1:80");
+        let t = metrics.for_target(Direction::Outbound, "10.0.0.1:80", None);
         let conn = t.connection_opened();
         t.requests.inc();
         t.response(http::StatusCode::BAD_GATEWAY, Duration::from_millis(3));
@@ -296,15 +322,33 @@ mod tests {
         drop(conn);
         let text = render(&registry);
         for line in [
-            r#"weft_requests_total{direction="outbound",target="10.0.0.1:80"} 1"#,
-            r#"weft_responses_total{direction="outbound",target="10.0.0.1:80",status_class="5xx"} 1"#,
-            r#"weft_errors_total{direction="outbound",target="10.0.0.1:80",kind="connect_refused"} 1"#,
-            r#"weft_tcp_connections_opened_total{direction="outbound",target="10.0.0.1:80"} 1"#,
-            r#"weft_tcp_connections_closed_total{direction="outbound",target="10.0.0.1:80"} 1"#,
-            r#"weft_tcp_connections_open{direction="outbound",target="10.0.0.1:80"} 0"#,
-            r#"weft_response_latency_seconds_count{direction="outbound",target="10.0.0.1:80"} 1"#,
+            r#"weft_requests_total{direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 1"#,
+            r#"weft_responses_total{status_class="5xx",direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 1"#,
+            r#"weft_errors_total{kind="connect_refused",direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 1"#,
+            r#"weft_tcp_connections_opened_total{direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 1"#,
+            r#"weft_tcp_connections_closed_total{direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 1"#,
+            r#"weft_tcp_connections_open{direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 0"#,
+            r#"weft_response_latency_seconds_count{direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+    }
+
+    #[test]
+    fn mesh_identities_label_the_peer_by_direction() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let id: SpiffeId = "spiffe://td/ns/shop/sa/web".parse().unwrap();
+        metrics
+            .for_target(Direction::Inbound, "127.0.0.1:8080", Some(&id))
+            .requests
+            .inc();
+        metrics
+            .for_target(Direction::Outbound, "orders", Some(&id))
+            .requests
+            .inc();
+        let text = render(&registry);
+        assert!(text.contains(r#"weft_requests_total{direction="inbound",target="127.0.0.1:8080",tls="true",client_id="spiffe://td/ns/shop/sa/web",server_id=""} 1"#), "{text}");
+        assert!(text.contains(r#"weft_requests_total{direction="outbound",target="orders",tls="true",client_id="",server_id="spiffe://td/ns/shop/sa/web"} 1"#), "{text}");
     }
 }

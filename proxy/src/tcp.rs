@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::connect::{connect, ConnectError};
+use crate::connect::{connect_upstream, ConnectError};
+use crate::tls::{SharedTls, Upstream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -19,20 +20,24 @@ pub enum ForwardError {
     },
 }
 
-/// Connects to `target` and copies bytes both ways. Returns the bytes sent to and received
-/// from the target.
+/// Connects to `target` (over mesh TLS of its own, with no ALPN, when it is meshed) and
+/// copies bytes both ways. Returns the bytes sent to and received from the target.
 pub async fn forward<D>(
     mut downstream: D,
-    target: SocketAddr,
+    target: &Upstream,
+    tls: &SharedTls,
     connect_timeout: Duration,
 ) -> Result<(u64, u64), ForwardError>
 where
     D: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut upstream = connect(target, connect_timeout).await?;
+    let mut upstream = connect_upstream(target, tls, &[], connect_timeout).await?;
     tokio::io::copy_bidirectional(&mut downstream, &mut upstream)
         .await
-        .map_err(|source| ForwardError::Io { target, source })
+        .map_err(|source| ForwardError::Io {
+            target: target.addr,
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -53,7 +58,15 @@ mod tests {
             s.write_all(b" (echoed after EOF)").await.unwrap();
         });
         let (mut client, proxy_side) = tokio::io::duplex(1024);
-        let fwd = tokio::spawn(forward(proxy_side, target, Duration::from_secs(1)));
+        let fwd = tokio::spawn(async move {
+            forward(
+                proxy_side,
+                &Upstream::plain(target),
+                &None,
+                Duration::from_secs(1),
+            )
+            .await
+        });
         client.write_all(b"ping").await.unwrap();
         client.shutdown().await.unwrap();
         let mut reply = String::new();
@@ -69,7 +82,7 @@ mod tests {
         let target = l.local_addr().unwrap();
         drop(l);
         let (_c, p) = tokio::io::duplex(16);
-        let err = forward(p, target, Duration::from_secs(1))
+        let err = forward(p, &Upstream::plain(target), &None, Duration::from_secs(1))
             .await
             .unwrap_err();
         assert!(

@@ -231,8 +231,13 @@ fn the_metrics_parser_reads_the_exposition_format() {
         Some(1.5)
     );
     assert_eq!(s.get("weft_plain", &[]), Some(7.0));
+    // Labels a caller doesn't name don't split the series it asks about.
     assert_eq!(
         s.get("weft_requests_total", &[("direction", "inbound")]),
+        Some(3.0)
+    );
+    assert_eq!(
+        s.get("weft_requests_total", &[("direction", "outbound")]),
         None
     );
     assert_eq!(

@@ -62,11 +62,16 @@ headerReadTimeout: 5s
 httpIdleTimeout: 1m
 tcpIdleTimeout: 2h
 maxHeaderBytes: 16384
+inboundMtls:
+  default: strict
+  ports:
+    8080: permissive
 listeners:
   - name: orders
     bind: 127.0.0.1:9001
     target: 127.0.0.1:8081
     protocol: http2
+    identity: spiffe://cluster.local/ns/shop/sa/orders
 "#)
         .unwrap();
         assert_eq!(c.detect_timeout, Duration::from_millis(250));
@@ -78,6 +83,13 @@ listeners:
         assert_eq!(c.max_header_bytes, 16384);
         assert_eq!(c.listeners[0].protocol, Protocol::Http2);
         assert_eq!(c.listeners[0].target.port(), 8081);
+        assert_eq!(
+            c.listeners[0].identity.as_ref().map(|id| id.as_str()),
+            Some("spiffe://cluster.local/ns/shop/sa/orders")
+        );
+        use crate::config::MtlsMode;
+        assert_eq!(c.inbound_mtls.mode(8080), MtlsMode::Permissive);
+        assert_eq!(c.inbound_mtls.mode(9090), MtlsMode::Strict);
     }
 
     #[test]
@@ -104,6 +116,15 @@ listeners:
         .unwrap_err()
         .to_string();
         assert!(dup.contains("used twice"), "{dup}");
+        let bad_id = p(r#"
+listeners:
+  - {name: a, bind: "127.0.0.1:1", target: "127.0.0.1:2", identity: "spiffe://TD/x"}
+"#)
+        .unwrap_err()
+        .to_string();
+        assert!(bad_id.contains("trust domain"), "{bad_id}");
+        let bad_mode = p("inboundMtls: {default: maybe}").unwrap_err().to_string();
+        assert!(bad_mode.contains("maybe"), "{bad_mode}");
         let garbage = p("listeners: [[[").unwrap_err().to_string();
         assert!(garbage.contains("test.yaml"), "{garbage}");
     }

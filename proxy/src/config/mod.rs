@@ -14,6 +14,8 @@ use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use weft_api::SpiffeId;
+
 use crate::duration::serde_secs;
 
 pub use file::{load_file, parse, ConfigError};
@@ -59,6 +61,36 @@ pub struct StaticListener {
     pub target: SocketAddr,
     #[serde(default)]
     pub protocol: Protocol,
+    /// When set, the target is a meshed workload: traffic to it is mutual TLS, and the target
+    /// must present this SPIFFE ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeId>,
+}
+
+/// Whether an inbound port accepts plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MtlsMode {
+    /// Mesh mTLS and plaintext are both accepted (plaintext is labelled `tls="false"`): for
+    /// migrating workloads into the mesh.
+    #[default]
+    Permissive,
+    /// Only mesh mTLS: plaintext connections are refused.
+    Strict,
+}
+
+/// The inbound mTLS mode, mesh-wide default and per destination port.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct InboundMtls {
+    pub default: MtlsMode,
+    pub ports: std::collections::BTreeMap<u16, MtlsMode>,
+}
+
+impl InboundMtls {
+    pub fn mode(&self, port: u16) -> MtlsMode {
+        self.ports.get(&port).copied().unwrap_or(self.default)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -78,6 +110,7 @@ pub struct Config {
     #[serde(with = "serde_secs")]
     pub tcp_idle_timeout: Duration,
     pub max_header_bytes: usize,
+    pub inbound_mtls: InboundMtls,
     pub listeners: Vec<StaticListener>,
 }
 
@@ -92,6 +125,7 @@ impl Default for Config {
             http_idle_timeout: DEFAULT_HTTP_IDLE_TIMEOUT,
             tcp_idle_timeout: DEFAULT_TCP_IDLE_TIMEOUT,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            inbound_mtls: InboundMtls::default(),
             listeners: Vec::new(),
         }
     }

@@ -56,6 +56,8 @@ impl ProxyError {
             ProxyError::Connect(ConnectError::Refused { .. }) => "connect-refused",
             ProxyError::Connect(ConnectError::Timeout { .. }) => "connect-timeout",
             ProxyError::Connect(ConnectError::Io { .. }) => "connect-failed",
+            ProxyError::Connect(ConnectError::Tls(_)) => "tls-handshake-failed",
+            ProxyError::Connect(ConnectError::NoIdentity { .. }) => "no-identity",
             ProxyError::Upstream { .. } => "upstream-failed",
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::Loop(_) => "loop",

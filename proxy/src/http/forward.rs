@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{header, Method, Request, Response, StatusCode, Uri};
+use std::borrow::Cow;
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -18,15 +20,16 @@ use super::Body;
 use crate::conn::{with_idle_timeout, ConnScope};
 use crate::connect::connect;
 use crate::metrics::{Direction, ErrorKind, Metrics, TargetMetrics};
+use crate::tls::Upstream;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Where the requests on one connection go.
 #[derive(Clone)]
 pub enum Destination {
-    /// Every request goes to one address (a redirected connection's original destination,
+    /// Every request goes to one upstream (a redirected connection's original destination,
     /// the app behind the inbound listener, or a static listener's target).
     Fixed {
-        addr: SocketAddr,
+        upstream: Upstream,
         metrics: TargetMetrics,
     },
     /// Forward-proxy mode: each request names its target in an absolute-form URI, or asks
@@ -34,10 +37,16 @@ pub enum Destination {
     FromRequest,
 }
 
+/// Marks a request that an HTTP/1.1 client sent and the mesh hop carried as HTTP/2; the
+/// receiving proxy removes it and restores HTTP/1.1 for its app.
+pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
+const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
+
 /// Everything a connection's requests share. Built once per downstream connection.
 pub struct Forwarder {
     pub direction: Direction,
     pub destination: Destination,
+    /// The protocol the downstream client speaks.
     pub version: Version,
     pub pool: Arc<Pool>,
     pub metrics: Metrics,
@@ -51,7 +60,7 @@ pub struct Forwarder {
 impl Forwarder {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
-        let (target, metrics, req) = match self.resolve(req).await {
+        let (target, metrics) = match self.resolve(&req).await {
             Ok(resolved) => resolved,
             Err(error) => {
                 tracing::info!(%error, direction = self.direction.as_str(), "cannot route request");
@@ -59,7 +68,7 @@ impl Forwarder {
             }
         };
         metrics.requests.inc();
-        let rsp = match self.forward(target, req).await {
+        let rsp = match self.forward(&target, req).await {
             Ok(rsp) => rsp,
             Err(error) => {
                 tracing::info!(%error, %target, direction = self.direction.as_str(), "request failed");
@@ -71,30 +80,31 @@ impl Forwarder {
         rsp
     }
 
+    /// The request's upstream and metrics: borrowed from the connection when fixed, made per
+    /// request in forward-proxy mode.
     async fn resolve(
         &self,
-        req: Request<Incoming>,
-    ) -> Result<(SocketAddr, TargetMetrics, Request<Incoming>), ProxyError> {
+        req: &Request<Incoming>,
+    ) -> Result<(Cow<'_, Upstream>, Cow<'_, TargetMetrics>), ProxyError> {
         match &self.destination {
-            Destination::Fixed { addr, metrics } => Ok((*addr, metrics.clone(), req)),
+            Destination::Fixed { upstream, metrics } => {
+                Ok((Cow::Borrowed(upstream), Cow::Borrowed(metrics)))
+            }
             Destination::FromRequest => {
-                let authority = request_authority(&req)?;
+                let authority = request_authority(req)?;
                 let addr = resolve(&authority).await?;
                 if addr == self.listener {
                     return Err(ProxyError::Loop(authority));
                 }
-                Ok((
-                    addr,
-                    self.metrics.for_target(self.direction, &authority),
-                    req,
-                ))
+                let metrics = self.metrics.for_target(self.direction, &authority, None);
+                Ok((Cow::Owned(Upstream::plain(addr)), Cow::Owned(metrics)))
             }
         }
     }
 
     async fn forward(
         &self,
-        target: SocketAddr,
+        target: &Upstream,
         mut req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
         use http_body_util::BodyExt;
@@ -102,23 +112,54 @@ impl Forwarder {
             return self.tunnel(target, req).await;
         }
         let upgrade = self.version == Version::Http1 && is_upgrade_request(req.headers());
+        // Only the mesh hop may carry the marker; whatever arrives with it is restored.
+        let crossed_as_h1 = req
+            .headers_mut()
+            .remove(ORIG_PROTO_HEADER)
+            .is_some_and(|v| v == ORIG_PROTO_HTTP1);
+        let upstream_version = if upgrade {
+            // An upgrade takes the connection over: it needs HTTP/1.1 end to end.
+            Version::Http1
+        } else if target.identity.is_some() {
+            // Between proxies, one multiplexed HTTP/2 connection serves every request.
+            Version::Http2
+        } else if crossed_as_h1 {
+            Version::Http1
+        } else {
+            self.version
+        };
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        strip_hop_by_hop(req.headers_mut(), upgrade, self.version == Version::Http2);
-        if self.version == Version::Http1 {
-            ensure_host(&mut req);
-            to_origin_form(req.uri_mut());
+        strip_hop_by_hop(
+            req.headers_mut(),
+            upgrade,
+            upstream_version == Version::Http2,
+        );
+        match (self.version, upstream_version) {
+            (Version::Http1, Version::Http2) => {
+                to_http2(&mut req, target.addr);
+                req.headers_mut().insert(
+                    ORIG_PROTO_HEADER,
+                    HeaderValue::from_static(ORIG_PROTO_HTTP1),
+                );
+            }
+            (_, Version::Http1) => {
+                *req.version_mut() = http::Version::HTTP_11;
+                ensure_host(&mut req);
+                to_origin_form(req.uri_mut());
+            }
+            (Version::Http2, Version::Http2) => {}
         }
         let req = req.map(|b| b.boxed_unsync());
         let mut rsp = self
             .pool
-            .send(target, self.version, req, self.connect_timeout)
+            .send(target, upstream_version, req, self.connect_timeout)
             .await?;
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(downstream)) =
             (rsp.status(), downstream_upgrade)
         {
             let upstream = hyper::upgrade::on(&mut rsp);
-            self.spawn_tunnel(target, async move {
+            self.spawn_tunnel(target.addr, async move {
                 let (down, up) = tokio::try_join!(downstream, upstream)?;
                 Ok((TokioIo::new(down), TokioIo::new(up)))
             });
@@ -126,17 +167,21 @@ impl Forwarder {
             return Ok(rsp);
         }
         strip_hop_by_hop(rsp.headers_mut(), false, self.version == Version::Http2);
+        *rsp.version_mut() = match self.version {
+            Version::Http1 => http::Version::HTTP_11,
+            Version::Http2 => http::Version::HTTP_2,
+        };
         Ok(rsp)
     }
 
     /// `CONNECT host:port`: open the TCP connection, answer 200, then copy raw bytes.
     async fn tunnel(
         &self,
-        target: SocketAddr,
+        target: &Upstream,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
-        let upstream = connect(target, self.connect_timeout).await?;
-        self.spawn_tunnel(target, async move {
+        let upstream = connect(target.addr, self.connect_timeout).await?;
+        self.spawn_tunnel(target.addr, async move {
             let downstream = hyper::upgrade::on(req).await?;
             Ok((TokioIo::new(downstream), upstream))
         });
@@ -213,6 +258,38 @@ async fn resolve(authority: &str) -> Result<SocketAddr, ProxyError> {
         .ok_or_else(|| resolve_err("no addresses".into()))
 }
 
+/// An HTTP/1.1 request made ready for an HTTP/2 hop: the authority moves from `Host` into
+/// the URI (`:authority`), which HTTP/2 requires with the scheme.
+fn to_http2<B>(req: &mut Request<B>, fallback: SocketAddr) {
+    let authority = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .or_else(|| req.uri().authority().cloned())
+        .unwrap_or_else(|| {
+            // A SocketAddr always renders as a valid authority.
+            fallback
+                .to_string()
+                .parse()
+                .expect("socket address is an authority")
+        });
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority);
+    parts.path_and_query = Some(path);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    req.headers_mut().remove(header::HOST);
+    *req.version_mut() = http::Version::HTTP_2;
+}
+
 /// An origin server expects `/path?query`, not the absolute form a forward-proxy client sends.
 fn to_origin_form(uri: &mut Uri) {
     if uri.scheme().is_none() {
@@ -268,6 +345,22 @@ mod tests {
             request_authority(&req(Method::GET, "https://a/x")),
             Err(ProxyError::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn http1_requests_become_http2_with_an_authority() {
+        let mut r = Request::builder()
+            .uri("/a?b=c")
+            .header("host", "orders:8080")
+            .body(())
+            .unwrap();
+        to_http2(&mut r, "10.0.0.1:80".parse().unwrap());
+        assert_eq!(r.uri(), "http://orders:8080/a?b=c");
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        assert!(!r.headers().contains_key("host"));
+        let mut no_host = req(Method::GET, "/x");
+        to_http2(&mut no_host, "10.0.0.1:80".parse().unwrap());
+        assert_eq!(no_host.uri(), "http://10.0.0.1:80/x");
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! we picked it) is the one failure a client can never cause, so it must never surface.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -27,7 +26,8 @@ use tokio::time::Instant;
 
 use super::error::ProxyError;
 use super::Body;
-use crate::connect::{connect, ConnectError};
+use crate::connect::{connect_upstream, ConnectError};
+use crate::tls::{SharedTls, Upstream, ALPN_H2, ALPN_HTTP1};
 
 /// Idle connections kept per target. Enough for a busy caller's steady concurrency; beyond
 /// it, connections are closed rather than hoarded by one sidecar.
@@ -48,17 +48,20 @@ struct Idle {
 }
 
 pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    h2: Mutex<HashMap<SocketAddr, Arc<H2Slot>>>,
+    idle: Mutex<HashMap<Upstream, Vec<Idle>>>,
+    h2: Mutex<HashMap<Upstream, Arc<H2Slot>>>,
+    /// The workload identity meshed upstreams are reached with.
+    tls: SharedTls,
     max_idle_per_target: usize,
     idle_timeout: Duration,
 }
 
 impl Pool {
-    pub fn new() -> Arc<Self> {
+    pub fn new(tls: SharedTls) -> Arc<Self> {
         let pool = Arc::new(Pool {
             idle: Mutex::default(),
             h2: Mutex::default(),
+            tls,
             max_idle_per_target: DEFAULT_MAX_IDLE_PER_TARGET,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
         });
@@ -69,7 +72,7 @@ impl Pool {
     /// Sends `req` to `target`, reusing a connection when one is free.
     pub async fn send(
         self: &Arc<Self>,
-        target: SocketAddr,
+        target: &Upstream,
         version: Version,
         req: Request<Body>,
         connect_timeout: Duration,
@@ -82,7 +85,7 @@ impl Pool {
 
     async fn send_http1(
         self: &Arc<Self>,
-        target: SocketAddr,
+        target: &Upstream,
         mut req: Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Response<Body>, ProxyError> {
@@ -103,12 +106,14 @@ impl Pool {
                 },
             }
         }
-        let io = connect(target, connect_timeout).await?;
+        let io = connect_upstream(target, &self.tls, &[ALPN_HTTP1], connect_timeout).await?;
         let (mut tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
             .map_err(upstream_err)?;
+        let target_name = target.to_string();
         tokio::spawn(async move {
+            let target = target_name;
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, %target, "upstream HTTP/1 connection ended with an error");
             }
@@ -120,7 +125,7 @@ impl Pool {
     /// Arranges for `tx` to return to the pool once `rsp`'s body is done.
     fn pooled_response(
         self: &Arc<Self>,
-        target: SocketAddr,
+        target: &Upstream,
         tx: http1::SendRequest<Body>,
         rsp: Response<Incoming>,
     ) -> Response<Body> {
@@ -131,7 +136,7 @@ impl Pool {
         }
         let mut checkin = Some(Checkin {
             pool: Arc::downgrade(self),
-            target,
+            target: target.clone(),
             tx,
         });
         if rsp.body().is_end_stream() {
@@ -142,9 +147,9 @@ impl Pool {
         rsp.map(|inner| PooledBody { inner, checkin }.boxed_unsync())
     }
 
-    fn checkout(&self, target: SocketAddr) -> Option<http1::SendRequest<Body>> {
+    fn checkout(&self, target: &Upstream) -> Option<http1::SendRequest<Body>> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stack = idle.get_mut(&target)?;
+        let stack = idle.get_mut(target)?;
         while let Some(entry) = stack.pop() {
             if !entry.tx.is_closed() && entry.since.elapsed() < self.idle_timeout {
                 return Some(entry.tx);
@@ -153,12 +158,15 @@ impl Pool {
         None
     }
 
-    fn checkin(&self, target: SocketAddr, tx: http1::SendRequest<Body>) {
+    fn checkin(&self, target: &Upstream, tx: http1::SendRequest<Body>) {
         if tx.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let stack = idle.entry(target).or_default();
+        let stack = match idle.get_mut(target) {
+            Some(stack) => stack,
+            None => idle.entry(target.clone()).or_default(),
+        };
         if stack.len() < self.max_idle_per_target {
             stack.push(Idle {
                 tx,
@@ -169,7 +177,7 @@ impl Pool {
 
     async fn send_http2(
         &self,
-        target: SocketAddr,
+        target: &Upstream,
         req: Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Response<Body>, ProxyError> {
@@ -190,16 +198,25 @@ impl Pool {
     /// connect timeout instead of one timeout after another.
     async fn h2_sender(
         &self,
-        target: SocketAddr,
+        target: &Upstream,
         connect_timeout: Duration,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let slot = self
             .h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(target)
-            .or_default()
-            .clone();
+            .get(target)
+            .cloned();
+        let slot = match slot {
+            Some(slot) => slot,
+            None => self
+                .h2
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(target.clone())
+                .or_default()
+                .clone(),
+        };
         if let Some(tx) = slot.live() {
             return Ok(tx);
         }
@@ -213,7 +230,7 @@ impl Pool {
                 return Err(error.clone().into());
             }
         }
-        let result = open_h2(target, connect_timeout).await;
+        let result = open_h2(target, &self.tls, connect_timeout).await;
         slot.attempts.fetch_add(1, Ordering::AcqRel);
         *last_failure = None;
         match result {
@@ -236,23 +253,26 @@ impl Pool {
             !stack.is_empty()
         });
         drop(idle);
+        // A slot whose connection is being opened has no live sender yet but must stay: the
+        // opener stores the new connection in it.
         self.h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, slot| slot.live().is_some());
+            .retain(|_, slot| slot.live().is_some() || slot.connecting.try_lock().is_err());
     }
 
     #[cfg(test)]
-    pub fn idle_count(&self, target: SocketAddr) -> usize {
-        self.idle.lock().unwrap().get(&target).map_or(0, Vec::len)
+    pub fn idle_count(&self, target: &Upstream) -> usize {
+        self.idle.lock().unwrap().get(target).map_or(0, Vec::len)
     }
 }
 
 async fn open_h2(
-    target: SocketAddr,
+    target: &Upstream,
+    tls: &SharedTls,
     connect_timeout: Duration,
 ) -> Result<http2::SendRequest<Body>, ProxyError> {
-    let io = connect(target, connect_timeout).await?;
+    let io = connect_upstream(target, tls, &[ALPN_H2], connect_timeout).await?;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .handshake(TokioIo::new(io))
@@ -261,6 +281,7 @@ async fn open_h2(
             target: target.to_string(),
             source,
         })?;
+    let target = target.to_string();
     tokio::spawn(async move {
         if let Err(error) = conn.await {
             tracing::debug!(%error, %target, "upstream HTTP/2 connection ended with an error");
@@ -288,7 +309,9 @@ impl H2Slot {
 
 /// Closes expired idle connections even for targets nobody calls any more.
 async fn sweep(pool: Weak<Pool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    const PERIOD: Duration = Duration::from_secs(30);
+    // Not `interval`: its first tick fires at once, and there is nothing to sweep yet.
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + PERIOD, PERIOD);
     loop {
         tick.tick().await;
         match pool.upgrade() {
@@ -300,14 +323,14 @@ async fn sweep(pool: Weak<Pool>) {
 
 struct Checkin {
     pool: Weak<Pool>,
-    target: SocketAddr,
+    target: Upstream,
     tx: http1::SendRequest<Body>,
 }
 
 impl Checkin {
     fn run(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(self.target, self.tx);
+            pool.checkin(&self.target, self.tx);
         }
     }
 }

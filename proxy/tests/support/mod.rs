@@ -6,6 +6,8 @@
 //! the helpers panic with a message saying what they were waiting for.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
@@ -30,7 +32,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use weft_proxy::bootstrap::{LogFormat, Mode, RunArgs};
+use clap::Parser;
+use weft_proxy::bootstrap::{Cli, RunArgs};
 use weft_proxy::drain::Drained;
 use weft_proxy::Proxy;
 
@@ -184,6 +187,7 @@ pub struct ProxyBuilder {
     config: Option<String>,
     grace: Duration,
     log: String,
+    args: Vec<String>,
 }
 
 /// A proxy in local mode with outbound, inbound and admin listeners on 127.0.0.1 port 0.
@@ -193,6 +197,7 @@ pub fn proxy() -> ProxyBuilder {
         config: None,
         grace: Duration::from_secs(5),
         log: "info".into(),
+        args: Vec::new(),
     }
 }
 
@@ -218,22 +223,44 @@ impl ProxyBuilder {
         self
     }
 
+    /// More command-line arguments, as `weft-proxy` takes them (e.g. identity flags).
+    pub fn args<S: AsRef<str>>(mut self, args: impl IntoIterator<Item = S>) -> Self {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
     pub async fn start(self) -> TestProxy {
         init_logging();
         let config = self.config.as_deref().map(ConfigFile::new);
-        let lo: SocketAddr = "127.0.0.1:0".parse().unwrap();
-        let args = RunArgs {
-            mode: Mode::Local,
-            outbound_addr: vec![lo],
-            inbound_addr: vec![lo],
-            admin_addr: lo,
-            inbound_app: self.inbound_app,
-            config: config.as_ref().map(|c| c.path.clone()),
-            shutdown_grace: self.grace,
-            workers: 1,
-            log: self.log,
-            log_format: LogFormat::Text,
-        };
+        // Parsed like the binary's command line, so every bootstrap setting has its default.
+        let mut argv: Vec<String> = [
+            "weft-proxy",
+            "--mode",
+            "local",
+            "--outbound-addr",
+            "127.0.0.1:0",
+            "--inbound-addr",
+            "127.0.0.1:0",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ]
+        .map(String::from)
+        .into();
+        argv.extend(["--log".into(), self.log, "--shutdown-grace".into()]);
+        argv.push(format!("{}ms", self.grace.as_millis()));
+        if let Some(app) = self.inbound_app {
+            argv.extend(["--inbound-app".into(), app.to_string()]);
+        }
+        if let Some(c) = &config {
+            argv.extend(["--config".into(), c.path.display().to_string()]);
+        }
+        argv.extend(self.args);
+        let args: RunArgs = Cli::try_parse_from(&argv)
+            .unwrap_or_else(|e| panic!("bad test arguments {argv:?}: {e}"))
+            .run;
         // A real filter parser, so `PUT /log-level` tells valid from invalid as in production.
         let set_log_filter = Box::new(|text: &str| {
             tracing_subscriber::EnvFilter::try_new(text)
@@ -1021,20 +1048,25 @@ impl Scrape {
         }
     }
 
-    /// The sample with exactly these labels.
+    /// The total of the samples whose labels include these (labels a test doesn't name, such
+    /// as `tls` or `client_id`, don't split a series it asks about), or `None` when no sample
+    /// matches.
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeMap<String, String> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
+        let matching: Vec<f64> = self
+            .samples
             .get(name)?
             .iter()
-            .find(|(l, _)| *l == want)
+            .filter(|(l, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|(_, v)| *v)
+            .collect();
+        (!matching.is_empty()).then(|| matching.iter().sum())
     }
 
-    /// The sample with exactly these labels, or 0 when there is none (a counter not yet
+    /// Like [`Scrape::get`], or 0 when there is none (a counter not yet
     /// created has counted nothing).
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.get(name, labels).unwrap_or(0.0)
