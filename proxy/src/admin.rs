@@ -40,6 +40,9 @@ pub struct Admin {
     pub draining: AtomicBool,
     pub shutdown: Notify,
     pub config: Arc<ConfigStore>,
+    /// With mTLS on, ready also needs a valid certificate — checked on every probe, so a
+    /// certificate that expires without renewal turns the pod unready.
+    pub identity: Option<Arc<crate::identity::Tls>>,
     pub bootstrap: RunArgs,
     pub log_filter: std::sync::Mutex<String>,
     pub set_log_filter: SetLogFilter,
@@ -88,10 +91,15 @@ impl Admin {
             (&Method::GET, "/ready") => {
                 if self.draining.load(Ordering::Acquire) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else if self.ready.load(Ordering::Acquire) {
-                    text(StatusCode::OK, "ready\n")
-                } else {
+                } else if !self.ready.load(Ordering::Acquire) {
                     text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                } else if self.identity.as_ref().is_some_and(|tls| !tls.is_ready()) {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no valid workload certificate\n",
+                    )
+                } else {
+                    text(StatusCode::OK, "ready\n")
                 }
             }
             (&Method::GET, "/metrics") => self.metrics(),

@@ -14,6 +14,7 @@ pub mod connect;
 pub mod detect;
 pub mod drain;
 pub mod duration;
+pub mod fswatch;
 pub mod http;
 pub mod identity;
 pub mod init;
@@ -42,7 +43,7 @@ pub enum StartError {
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(transparent)]
-    Watch(#[from] config::reload::WatchError),
+    Watch(#[from] fswatch::WatchError),
     #[error(transparent)]
     Bind(#[from] listener::BindError),
     #[error(transparent)]
@@ -101,6 +102,7 @@ impl Proxy {
             draining: Default::default(),
             shutdown: Default::default(),
             config: store,
+            identity: tls.clone(),
             bootstrap: args.clone(),
             log_filter: std::sync::Mutex::new(args.log.clone()),
             set_log_filter,
@@ -134,18 +136,8 @@ impl Proxy {
             started_tx,
         ));
         let _ = started_rx.await;
-        // Ready once the listeners are up and, with mTLS on, the first certificate is in.
-        match tls {
-            Some(tls) => {
-                let admin = admin.clone();
-                tokio::spawn(async move {
-                    tls.ready().await;
-                    admin.ready.store(true, Ordering::Release);
-                    tracing::info!(identity = ?tls.local_identity().map(|id| id.to_string()), "identity ready");
-                });
-            }
-            None => admin.ready.store(true, Ordering::Release),
-        }
+        // Ready once the listeners are up; with mTLS on, /ready also waits for a certificate.
+        admin.ready.store(true, Ordering::Release);
         let [outbound_addrs, inbound_addrs] = bound;
         tracing::info!(mode = ?args.mode, ?outbound_addrs, ?inbound_addrs, %admin_addr, "proxy ready");
         Ok(Proxy {

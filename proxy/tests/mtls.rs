@@ -192,6 +192,12 @@ async fn an_expired_server_certificate_is_refused() {
         reply.text()
     );
     assert!(m.app.seen().is_empty());
+    // A proxy whose only certificate has expired is not ready.
+    let ready = admin(m.server.admin, http::Method::GET, "/ready", "").await;
+    assert_eq!(ready.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready.text().contains("certificate"), "{}", ready.text());
+    let client_ready = admin(m.client.admin, http::Method::GET, "/ready", "").await;
+    assert_eq!(client_ready.status, StatusCode::OK);
 }
 
 #[tokio::test]

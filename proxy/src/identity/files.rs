@@ -11,22 +11,15 @@
 //! of crash-looping while cert-manager is late with a renewal, and recovers when the file is
 //! renewed), but a reload never replaces a valid certificate with one that is not.
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use notify::event::{AccessKind, AccessMode};
-use notify::{EventKind, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
 use weft_api::SpiffeId;
 
 use super::credentials::{Credentials, CredentialsError};
 use super::metrics::IdentityMetrics;
 use super::tls::{Source, State, Tls};
 use super::IdentityError;
-
-/// Writers touch the files in bursts; let a burst settle before reading.
-const DEBOUNCE: Duration = Duration::from_millis(100);
+use crate::fswatch;
 
 /// Where files mode reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,30 +53,11 @@ pub(crate) fn start(source: FileSource, metrics: IdentityMetrics) -> Result<Tls,
     let tls = Tls::empty();
     let state = tls.state().clone();
     // Watching starts before the first read, so a change in between is not missed.
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.as_ref().is_ok_and(|e| !changes_files(e.kind)) {
-            return;
-        }
-        // The receiver goes away only with the Tls, when there is nothing left to reload.
-        let _ = tx.send(());
-    })
-    .map_err(|error| IdentityError::Watch {
-        path: source_dir(&source.cert),
-        source: error,
-    })?;
-    let dirs: BTreeSet<PathBuf> = [&source.cert, &source.key, &source.bundle]
-        .into_iter()
-        .map(|path| source_dir(path))
-        .collect();
-    for dir in dirs {
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|e| IdentityError::Watch {
-                path: dir.clone(),
-                source: e,
-            })?;
-    }
+    let (watcher, mut changes) = fswatch::watch([
+        source.cert.as_path(),
+        source.key.as_path(),
+        source.bundle.as_path(),
+    ])?;
     tls.set_source(Source::Watcher(watcher));
 
     let credentials = source.load(&state).map_err(|e| {
@@ -95,9 +69,7 @@ pub(crate) fn start(source: FileSource, metrics: IdentityMetrics) -> Result<Tls,
     state.install(credentials);
 
     tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
+        while changes.next().await.is_some() {
             reload(&source, &state, &metrics);
         }
     });
@@ -144,17 +116,6 @@ fn refused(
     );
 }
 
-/// Whether an event can mean new contents. Opening and reading are not: the reload itself
-/// opens the files, and reacting to that would reload every debounce period forever.
-pub(crate) fn changes_files(kind: EventKind) -> bool {
-    !matches!(
-        kind,
-        EventKind::Access(
-            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
-        )
-    )
-}
-
 fn log_loaded(credentials: &Credentials, message: &'static str) {
     let not_after = humantime::format_rfc3339_seconds(credentials.not_after());
     if credentials.is_current() {
@@ -167,12 +128,5 @@ fn log_loaded(credentials: &Credentials, message: &'static str) {
             %not_after,
             "{message}, but it is not valid now; not ready until it is renewed"
         );
-    }
-}
-
-fn source_dir(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
     }
 }

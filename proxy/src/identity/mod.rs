@@ -27,7 +27,6 @@ mod testca;
 #[cfg(test)]
 mod tests;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
@@ -49,11 +48,8 @@ pub enum IdentityError {
     Files(CredentialsError),
     #[error("identity: --trust-anchors: {0}")]
     TrustAnchors(CredentialsError),
-    #[error("identity: cannot watch {path} for changes: {source}")]
-    Watch {
-        path: PathBuf,
-        source: notify::Error,
-    },
+    #[error("identity: {0}")]
+    Watch(#[from] crate::fswatch::WatchError),
     #[error("identity: {0}")]
     Credentials(#[from] CredentialsError),
 }

@@ -5,7 +5,7 @@ use notify::event::{
 };
 use notify::EventKind;
 
-use crate::identity::files::changes_files;
+use crate::fswatch::changes_files;
 
 #[test]
 fn only_changes_trigger_a_reload_never_the_reload_reading_the_files() {

@@ -1,0 +1,106 @@
+//! Watching files for changes. Directories are watched rather than files, because editors and
+//! Kubernetes Secret/ConfigMap mounts replace files by renaming, which a watch on the old inode
+//! would never see. Events are filtered to those that can mean new contents and debounced.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+/// Writers change a file in several steps; wait for the burst of events to settle.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch {path} for changes: {source}")]
+pub struct WatchError {
+    pub path: PathBuf,
+    pub source: notify::Error,
+}
+
+/// Debounced change notifications for watched directories.
+pub struct Changes {
+    rx: mpsc::UnboundedReceiver<()>,
+}
+
+impl Changes {
+    /// Resolves after the next burst of changes has settled; `None` once the watcher is gone.
+    pub async fn next(&mut self) -> Option<()> {
+        self.rx.recv().await?;
+        tokio::time::sleep(DEBOUNCE).await;
+        while self.rx.try_recv().is_ok() {}
+        Some(())
+    }
+}
+
+/// Watches the directories holding `files`. The returned watcher must be kept alive for as
+/// long as changes should be reported.
+pub fn watch<'a>(
+    files: impl IntoIterator<Item = &'a Path>,
+) -> Result<(RecommendedWatcher, Changes), WatchError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.as_ref().is_ok_and(|e| !changes_files(e.kind)) {
+            return;
+        }
+        // The receiver goes away only when nobody wants changes any more.
+        let _ = tx.send(());
+    })
+    .map_err(|source| WatchError {
+        path: PathBuf::from("."),
+        source,
+    })?;
+    let mut dirs: Vec<PathBuf> = files.into_iter().map(dir_of).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        watcher
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .map_err(|source| WatchError {
+                path: dir.clone(),
+                source,
+            })?;
+    }
+    Ok((watcher, Changes { rx }))
+}
+
+/// Whether an event can mean new contents. Opening and reading cannot: the reload itself
+/// opens the files, and reacting to that would reload every debounce period forever.
+pub(crate) fn changes_files(kind: EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
+}
+
+fn dir_of(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_is_reported_and_reading_is_not() {
+        let dir = std::env::temp_dir().join(format!("weft-fswatch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("config.yaml");
+        std::fs::write(&file, "a").unwrap();
+        let (_watcher, mut changes) = watch([file.as_path()]).unwrap();
+        std::fs::write(&file, "b").unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), changes.next()).await;
+        assert_eq!(changed, Ok(Some(())));
+        // Reading (as every reload does) must not look like a change.
+        let _ = std::fs::read(&file).unwrap();
+        let quiet = tokio::time::timeout(Duration::from_millis(500), changes.next()).await;
+        assert!(quiet.is_err(), "a read was reported as a change");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
