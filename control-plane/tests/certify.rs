@@ -368,7 +368,7 @@ async fn garbage_and_plaintext_do_not_stop_the_server() {
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(
-            weft_control_plane::client::SpiffeServerVerifier::new(
+            weft_control_plane::client::verifier(
                 &running.trust_bundle(),
                 running.server_identity.clone(),
             )

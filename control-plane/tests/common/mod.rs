@@ -11,11 +11,10 @@ use rcgen::{
     SanType,
 };
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::ParsedCertificate;
-use rustls::RootCertStore;
 use weft_api::proto::identity::v1::{CertifyRequest, CertifyResponse};
 use weft_api::SpiffeId;
 use weft_control_plane::{AuthSource, CaSource, Config, Running};
+use weft_tls::TrustBundle;
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
 pub const ORDERS_TOKEN: &str = "token-orders-7f3a";
@@ -123,32 +122,16 @@ pub fn ders(list: &[Vec<u8>]) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
-/// Verifies `chain` (leaf first) against `bundle` as a TLS peer would, for server and client
-/// use, and checks everything the leaf must be. Returns the leaf's validity in Unix seconds.
+/// Verifies `chain` (leaf first) against `bundle` as a TLS peer would (with the trust bundle
+/// proxies verify with), for server and client use, and checks everything the leaf must be.
+/// Returns the leaf's validity in Unix seconds.
 pub fn check_leaf(chain: &[Vec<u8>], bundle: &[Vec<u8>], identity: &SpiffeId) -> (i64, i64) {
     assert_eq!(chain.len(), 2, "the chain is leaf + issuer");
     let chain = ders(chain);
-    let mut roots = RootCertStore::empty();
-    for root in ders(bundle) {
-        roots.add(root).unwrap();
-    }
-    let provider = weft_control_plane::provider();
-    let parsed = ParsedCertificate::try_from(&chain[0]).unwrap();
-    rustls::client::verify_server_cert_signed_by_trust_anchor(
-        &parsed,
-        &roots,
-        &chain[1..],
-        UnixTime::now(),
-        provider.signature_verification_algorithms.all,
-    )
-    .expect("the leaf chains to the trust bundle (server auth)");
-    let client_verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-            .build()
-            .unwrap();
-    client_verifier
-        .verify_client_cert(&chain[0], &chain[1..], UnixTime::now())
-        .expect("the leaf chains to the trust bundle (client auth)");
+    TrustBundle::new(ders(bundle), &weft_control_plane::provider())
+        .expect("a usable trust bundle")
+        .check_usable(&chain, UnixTime::now())
+        .expect("the leaf chains to the trust bundle for server and client auth");
 
     let (_, leaf) = X509Certificate::from_der(&chain[0]).unwrap();
     let names = &leaf

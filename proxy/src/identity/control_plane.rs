@@ -20,11 +20,11 @@ use tonic::transport::{Channel, Endpoint};
 use weft_api::proto::identity::v1::identity_client::IdentityClient;
 use weft_api::proto::identity::v1::CertifyRequest;
 use weft_api::SpiffeId;
+use weft_tls::TrustBundle;
 
 use super::credentials::{Credentials, CredentialsError};
 use super::refresh::{CertifyError, Issued};
 use super::tls::Tls;
-use super::verify::TrustBundle;
 use super::IdentityError;
 
 /// A control plane that does not accept a TCP connection within this long is down.
@@ -112,7 +112,8 @@ impl super::refresh::Certify for ControlPlane {
             .into_iter()
             .map(CertificateDer::from)
             .collect();
-        let bundle = Arc::new(TrustBundle::new(roots, &self.provider)?);
+        let bundle =
+            Arc::new(TrustBundle::new(roots, &self.provider).map_err(CredentialsError::from)?);
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         // The leaf's own dates are authoritative; `not_after_unix_ms` is for clients that
         // don't parse X.509.

@@ -2,10 +2,10 @@
 //! bundle it checks peers against, and the rustls configs the data path uses for mTLS.
 //!
 //! Read in this order: [`mode`] turns the bootstrap flags into a source; [`tls`] holds the
-//! current credentials and builds the configs; [`verify`] checks peers by SPIFFE ID;
-//! [`credentials`] checks our own certificate before it is installed; [`refresh`] keeps a
-//! control-plane certificate fresh through [`control_plane`]; [`files`] reloads one from
-//! disk.
+//! current credentials and builds the configs, whose verifiers (from [`weft_tls`]) check
+//! peers by SPIFFE ID; [`credentials`] checks our own certificate before it is installed;
+//! [`refresh`] keeps a control-plane certificate fresh through [`control_plane`]; [`files`]
+//! reloads one from disk.
 //!
 //! ```text
 //! let tls = identity::start(&args.identity, &mut registry).await?;   // None: mTLS off
@@ -20,7 +20,6 @@ pub mod metrics;
 pub mod mode;
 pub mod refresh;
 pub mod tls;
-pub mod verify;
 
 #[cfg(test)]
 mod testca;
@@ -31,12 +30,12 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 
-pub use credentials::{peer_identity, Credentials, CredentialsError, LeafError};
+pub use credentials::{Credentials, CredentialsError};
 pub use files::FileSource;
 pub use metrics::IdentityMetrics;
 pub use mode::{ControlPlaneSource, Mode};
 pub use tls::Tls;
-pub use verify::{PeerError, TrustBundle};
+pub use weft_tls::{leaf_identity, peer_identity, LeafError, PeerError, TrustBundle};
 
 use crate::bootstrap::IdentityArgs;
 
@@ -83,7 +82,7 @@ pub fn start_mode(mode: Mode, registry: &mut Registry) -> Result<Option<Arc<Tls>
             let roots = credentials::read_certs(&source.trust_anchors, "trust anchor")
                 .map_err(IdentityError::TrustAnchors)?;
             let anchors = TrustBundle::new(roots, &tls.state().provider)
-                .map_err(IdentityError::TrustAnchors)?;
+                .map_err(|e| IdentityError::TrustAnchors(e.into()))?;
             let certifier = control_plane::ControlPlane::new(
                 &source.addr,
                 &source.control_plane,

@@ -24,9 +24,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 use tokio::sync::Notify;
 use weft_api::SpiffeId;
+use weft_tls::{BundleCell, ClientIdVerifier, ServerIdVerifier, TrustBundle};
 
 use super::credentials::{Credentials, CredentialsError};
-use super::verify::{BundleCell, ClientIdVerifier, ServerIdVerifier, TrustBundle};
 use super::IdentityError;
 
 /// ALPN offered by the inbound side: HTTP/2 between proxies, HTTP/1.1 for anything else.
@@ -200,7 +200,7 @@ impl Tls {
         bundle: Vec<CertificateDer<'static>>,
     ) -> Result<(), IdentityError> {
         let provider = &self.state.provider;
-        let bundle = Arc::new(TrustBundle::new(bundle, provider)?);
+        let bundle = Arc::new(TrustBundle::new(bundle, provider).map_err(CredentialsError::from)?);
         let credentials = Credentials::new(chain, key, bundle, provider)?;
         self.state.install_if_no_worse(credentials)?;
         Ok(())

@@ -138,21 +138,3 @@ fn a_refused_replacement_keeps_the_current_credentials() {
     );
     assert!(tls.is_ready());
 }
-
-#[test]
-fn peer_identity_is_the_single_uri_san() {
-    let ca = TestCa::new("mesh root");
-    assert_eq!(
-        peer_identity(&ca.leaf(&[&uri("web")]).chain),
-        Some(id("web"))
-    );
-    assert_eq!(peer_identity(&ca.leaf(&[&uri("a"), &uri("b")]).chain), None);
-    assert_eq!(peer_identity(&ca.leaf(&[]).chain), None);
-    assert_eq!(peer_identity(&[]), None);
-    assert_eq!(
-        leaf_identity(&CertificateDer::from(vec![0u8; 8])),
-        Err(LeafError::BadDer)
-    );
-}
-
-use crate::identity::peer_identity;

@@ -8,21 +8,15 @@ use rustls::{CertificateError, ClientConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+use weft_tls::ServerIdVerifier;
 
 use super::*;
 use crate::identity::testca::hours;
-use crate::identity::verify::{PeerError, ServerIdVerifier};
-use crate::identity::{peer_identity, LeafError};
+use crate::identity::{peer_identity, LeafError, PeerError};
 
 /// The `PeerError` inside a refusal from our verifiers.
 fn peer_error(error: &rustls::Error) -> &PeerError {
-    match error {
-        rustls::Error::InvalidCertificate(CertificateError::Other(other)) => other
-            .0
-            .downcast_ref::<PeerError>()
-            .unwrap_or_else(|| panic!("not a PeerError: {error}")),
-        other => panic!("expected a SPIFFE ID refusal, got {other}"),
-    }
+    PeerError::inside(error).unwrap_or_else(|| panic!("expected a SPIFFE ID refusal, got {error}"))
 }
 
 fn is_expired(error: &rustls::Error) -> bool {

@@ -18,10 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 use weft_api::SpiffeId;
 
-use super::credentials::{leaf_identity, validity, Credentials};
+use super::credentials::{validity, Credentials};
 use super::testca::{Leaf, TestCa};
-use super::verify::TrustBundle;
-use super::Tls;
+use super::{leaf_identity, Tls, TrustBundle};
 
 /// The bound on any single wait in these tests.
 const WAIT: Duration = Duration::from_secs(10);

@@ -18,7 +18,16 @@ use rustls::{
 };
 use weft_api::SpiffeId;
 
-use super::credentials::{leaf_identity, CredentialsError, LeafError};
+use crate::leaf::{leaf_identity, LeafError};
+
+/// Why a set of roots cannot be a [`TrustBundle`].
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("the trust bundle is empty")]
+    Empty,
+    #[error("the trust bundle holds an unusable root: {0}")]
+    BadRoot(rustls::Error),
+}
 
 /// The roots that peers' certificates must chain to, with the verifier built for them (built
 /// once per bundle, not per handshake).
@@ -42,18 +51,18 @@ impl TrustBundle {
     pub fn new(
         roots: Vec<CertificateDer<'static>>,
         provider: &Arc<CryptoProvider>,
-    ) -> Result<Self, CredentialsError> {
+    ) -> Result<Self, BundleError> {
         if roots.is_empty() {
-            return Err(CredentialsError::EmptyBundle);
+            return Err(BundleError::Empty);
         }
         let mut store = RootCertStore::empty();
         for root in &roots {
-            store.add(root.clone()).map_err(CredentialsError::BadRoot)?;
+            store.add(root.clone()).map_err(BundleError::BadRoot)?;
         }
         let store = Arc::new(store);
         let client = WebPkiClientVerifier::builder_with_provider(store.clone(), provider.clone())
             .build()
-            .map_err(|e| CredentialsError::BadRoot(rustls::Error::General(e.to_string())))?;
+            .map_err(|e| BundleError::BadRoot(rustls::Error::General(e.to_string())))?;
         Ok(TrustBundle {
             roots,
             store,
@@ -97,7 +106,7 @@ impl TrustBundle {
 
     /// Whether our own chain (leaf first) will be accepted by peers holding this bundle, in
     /// both directions.
-    pub(crate) fn check_usable(
+    pub fn check_usable(
         &self,
         chain: &[CertificateDer<'static>],
         now: UnixTime,
@@ -110,9 +119,9 @@ impl TrustBundle {
     }
 }
 
-/// The current trust bundle, shared by the store and every verifier. Empty until the first
-/// credentials are installed, and then every handshake is refused.
-pub(crate) type BundleCell = Arc<ArcSwapOption<TrustBundle>>;
+/// The current trust bundle, shared by the store and every verifier. While it is empty
+/// (before the first credentials are installed) every handshake is refused.
+pub type BundleCell = Arc<ArcSwapOption<TrustBundle>>;
 
 /// Why a peer's certificate was refused after (or instead of) chain verification.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +130,19 @@ pub enum PeerError {
     WrongIdentity { expected: SpiffeId, got: SpiffeId },
     #[error("peer certificate does not name a SPIFFE ID: {0}")]
     Leaf(#[from] LeafError),
+}
+
+impl PeerError {
+    /// The refusal by SPIFFE ID a failed verification carries, if that is why it failed
+    /// (rather than the chain, the dates or the handshake).
+    pub fn inside(error: &rustls::Error) -> Option<&PeerError> {
+        match error {
+            rustls::Error::InvalidCertificate(CertificateError::Other(other)) => {
+                other.0.downcast_ref::<PeerError>()
+            }
+            _ => None,
+        }
+    }
 }
 
 fn refuse(error: PeerError) -> rustls::Error {
@@ -134,7 +156,7 @@ fn no_bundle() -> rustls::Error {
 /// Outbound (and the control-plane connection): the server must chain to the current bundle
 /// (or to `anchors`, for the control plane) and its only URI SAN must be `expected`.
 #[derive(Debug)]
-pub(crate) struct ServerIdVerifier {
+pub struct ServerIdVerifier {
     expected: SpiffeId,
     bundle: BundleCell,
     /// Extra roots tried first: the control plane's trust anchors, which must work before the
@@ -144,7 +166,7 @@ pub(crate) struct ServerIdVerifier {
 }
 
 impl ServerIdVerifier {
-    pub(crate) fn new(
+    pub fn new(
         expected: SpiffeId,
         bundle: BundleCell,
         anchors: Option<Arc<TrustBundle>>,
@@ -156,6 +178,17 @@ impl ServerIdVerifier {
             anchors,
             algs: provider.signature_verification_algorithms,
         }
+    }
+
+    /// Against one bundle that never changes (a client of the control plane that holds only
+    /// its trust anchors).
+    pub fn with_bundle(
+        expected: SpiffeId,
+        bundle: Arc<TrustBundle>,
+        provider: &CryptoProvider,
+    ) -> Self {
+        let cell = Arc::new(ArcSwapOption::new(Some(bundle)));
+        ServerIdVerifier::new(expected, cell, None, provider)
     }
 
     fn verify_chain(
@@ -226,13 +259,13 @@ impl ServerCertVerifier for ServerIdVerifier {
 /// Inbound: a client certificate is required, must chain to the current bundle and must name
 /// exactly one SPIFFE ID. Which IDs may call is authorization's business, after the handshake.
 #[derive(Debug)]
-pub(crate) struct ClientIdVerifier {
+pub struct ClientIdVerifier {
     bundle: BundleCell,
     algs: WebPkiSupportedAlgorithms,
 }
 
 impl ClientIdVerifier {
-    pub(crate) fn new(bundle: BundleCell, provider: &CryptoProvider) -> Self {
+    pub fn new(bundle: BundleCell, provider: &CryptoProvider) -> Self {
         ClientIdVerifier {
             bundle,
             algs: provider.signature_verification_algorithms,
