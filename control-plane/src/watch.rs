@@ -1,11 +1,14 @@
 //! Calls back when files change. Watches each file's directory rather than the file,
 //! because editors and Kubernetes Secret/ConfigMap mounts replace files by renaming, which a
-//! watch on the old inode would never see.
+//! watch on the old inode would never see. Events are filtered to those that can mean new
+//! contents: the reload itself opens and reads the files, and reacting to that would reload
+//! every debounce period forever (and undo an in-memory `Ca::replace` each time).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 /// Editors write a file in several steps; wait for the burst of events to settle.
@@ -26,6 +29,9 @@ pub fn watch_files(
 ) -> Result<notify::RecommendedWatcher, WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.as_ref().is_ok_and(|e| !changes_files(e.kind)) {
+            return;
+        }
         // The receiver only goes away with the watcher.
         let _ = tx.send(event.is_ok());
     })
@@ -58,4 +64,42 @@ pub fn watch_files(
         }
     });
     Ok(watcher)
+}
+
+/// Whether an event can mean new contents. Opening, reading and closing after reading
+/// cannot.
+fn changes_files(kind: EventKind) -> bool {
+    !matches!(
+        kind,
+        EventKind::Access(
+            AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+        )
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_is_reported_and_reading_is_not() {
+        let dir = std::env::temp_dir().join(format!("weft-cp-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("tokens.yaml");
+        std::fs::write(&file, "a").unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let _watcher = watch_files(&[file.as_path()], move || {
+            // What every reload does: read the file.
+            let _ = std::fs::read(dir.join("tokens.yaml"));
+            let _ = tx.send(());
+        })
+        .unwrap();
+        std::fs::write(&file, "b").unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        assert_eq!(changed, Ok(Some(())));
+        // The reload's own read must not look like a change (it would reload forever).
+        let quiet = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+        assert!(quiet.is_err(), "the reload's read was reported as a change");
+        let _ = std::fs::remove_dir_all(file.parent().unwrap());
+    }
 }

@@ -6,6 +6,8 @@
 //! the helpers panic with a message saying what they were waiting for.
 #![allow(dead_code)]
 
+pub mod control_plane;
+pub mod load;
 pub mod pki;
 
 use std::collections::{BTreeMap, HashMap};
