@@ -42,8 +42,15 @@ pub enum Version {
     Http2,
 }
 
+/// A connection is retired after this long, busy or not: it bounds how long a connection
+/// authenticated by a certificate that has since expired, or by a root since dropped from the
+/// trust bundle, keeps carrying requests. Reconnecting to a peer every few minutes costs one
+/// handshake, which is nothing next to the requests it carried.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+
 struct Idle {
     tx: http1::SendRequest<Body>,
+    opened: Instant,
     since: Instant,
 }
 
@@ -94,12 +101,12 @@ impl Pool {
             source,
         };
         // Pooled connections first; each may turn out to be closed.
-        while let Some(mut tx) = self.checkout(target) {
+        while let Some((mut tx, opened)) = self.checkout(target) {
             if tx.ready().await.is_err() {
                 continue;
             }
             match tx.try_send_request(req).await {
-                Ok(rsp) => return Ok(self.pooled_response(target, tx, rsp)),
+                Ok(rsp) => return Ok(self.pooled_response(target, tx, opened, rsp)),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => req = unsent,
                     None => return Err(upstream_err(e.into_error())),
@@ -119,7 +126,7 @@ impl Pool {
             }
         });
         let rsp = tx.send_request(req).await.map_err(upstream_err)?;
-        Ok(self.pooled_response(target, tx, rsp))
+        Ok(self.pooled_response(target, tx, Instant::now(), rsp))
     }
 
     /// Arranges for `tx` to return to the pool once `rsp`'s body is done.
@@ -127,6 +134,7 @@ impl Pool {
         self: &Arc<Self>,
         target: &Upstream,
         tx: http1::SendRequest<Body>,
+        opened: Instant,
         rsp: Response<Incoming>,
     ) -> Response<Body> {
         use http_body_util::BodyExt;
@@ -138,6 +146,7 @@ impl Pool {
             pool: Arc::downgrade(self),
             target: target.clone(),
             tx,
+            opened,
         });
         if rsp.body().is_end_stream() {
             if let Some(c) = checkin.take() {
@@ -147,19 +156,22 @@ impl Pool {
         rsp.map(|inner| PooledBody { inner, checkin }.boxed_unsync())
     }
 
-    fn checkout(&self, target: &Upstream) -> Option<http1::SendRequest<Body>> {
+    fn checkout(&self, target: &Upstream) -> Option<(http1::SendRequest<Body>, Instant)> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let stack = idle.get_mut(target)?;
         while let Some(entry) = stack.pop() {
-            if !entry.tx.is_closed() && entry.since.elapsed() < self.idle_timeout {
-                return Some(entry.tx);
+            if !entry.tx.is_closed()
+                && entry.since.elapsed() < self.idle_timeout
+                && entry.opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE
+            {
+                return Some((entry.tx, entry.opened));
             }
         }
         None
     }
 
-    fn checkin(&self, target: &Upstream, tx: http1::SendRequest<Body>) {
-        if tx.is_closed() {
+    fn checkin(&self, target: &Upstream, tx: http1::SendRequest<Body>, opened: Instant) {
+        if tx.is_closed() || opened.elapsed() >= DEFAULT_MAX_CONNECTION_AGE {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -170,6 +182,7 @@ impl Pool {
         if stack.len() < self.max_idle_per_target {
             stack.push(Idle {
                 tx,
+                opened,
                 since: Instant::now(),
             });
         }
@@ -235,7 +248,8 @@ impl Pool {
         *last_failure = None;
         match result {
             Ok(tx) => {
-                *slot.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx.clone());
+                *slot.live.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((tx.clone(), Instant::now()));
                 Ok(tx)
             }
             Err(ProxyError::Connect(error)) => {
@@ -249,7 +263,11 @@ impl Pool {
     fn sweep_once(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, stack| {
-            stack.retain(|e| !e.tx.is_closed() && e.since.elapsed() < self.idle_timeout);
+            stack.retain(|e| {
+                !e.tx.is_closed()
+                    && e.since.elapsed() < self.idle_timeout
+                    && e.opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE
+            });
             !stack.is_empty()
         });
         drop(idle);
@@ -293,7 +311,8 @@ async fn open_h2(
 /// One target's HTTP/2 connection, and the lock that serializes attempts to open it.
 #[derive(Default)]
 struct H2Slot {
-    live: Mutex<Option<http2::SendRequest<Body>>>,
+    /// The connection and when it was opened.
+    live: Mutex<Option<(http2::SendRequest<Body>, Instant)>>,
     /// Held while an attempt runs; holds the failure of the last attempt, if it failed.
     connecting: tokio::sync::Mutex<Option<ConnectError>>,
     /// Finished attempts, so a waiter can tell that one ended while it waited.
@@ -303,7 +322,11 @@ struct H2Slot {
 impl H2Slot {
     fn live(&self) -> Option<http2::SendRequest<Body>> {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.as_ref().filter(|tx| !tx.is_closed()).cloned()
+        // A retired connection stays open until its streams finish, then hyper closes it once
+        // its last sender is gone.
+        live.as_ref()
+            .filter(|(tx, opened)| !tx.is_closed() && opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE)
+            .map(|(tx, _)| tx.clone())
     }
 }
 
@@ -325,12 +348,13 @@ struct Checkin {
     pool: Weak<Pool>,
     target: Upstream,
     tx: http1::SendRequest<Body>,
+    opened: Instant,
 }
 
 impl Checkin {
     fn run(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(&self.target, self.tx);
+            pool.checkin(&self.target, self.tx, self.opened);
         }
     }
 }
@@ -379,5 +403,72 @@ impl http_body::Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An HTTP/1.1 server on 127.0.0.1 that counts the connections it accepts.
+    async fn counting_server() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let counter = accepts.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from("ok"),
+                        )))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        (addr, accepts)
+    }
+
+    async fn get(pool: &Arc<Pool>, target: &Upstream) {
+        use http_body_util::BodyExt;
+        let req = Request::get("/")
+            .body(super::super::error::empty())
+            .unwrap();
+        let rsp = pool
+            .send(target, Version::Http1, req, Duration::from_secs(1))
+            .await
+            .unwrap();
+        // Reading the body to the end returns the connection to the pool.
+        rsp.into_body().collect().await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_is_still_retired_at_its_maximum_age() {
+        let (addr, accepts) = counting_server().await;
+        let pool = Pool::new(None);
+        let target = Upstream::plain(addr);
+        // A request every minute: never idle long enough to expire, but older and older.
+        for _ in 0..5 {
+            get(&pool, &target).await;
+            tokio::time::advance(Duration::from_secs(60)).await;
+        }
+        assert_eq!(
+            accepts.load(Ordering::SeqCst),
+            1,
+            "reused while younger than the maximum age"
+        );
+        get(&pool, &target).await;
+        assert_eq!(
+            accepts.load(Ordering::SeqCst),
+            2,
+            "replaced once past the maximum age"
+        );
     }
 }
