@@ -14,7 +14,6 @@ pub mod connect;
 pub mod detect;
 pub mod drain;
 pub mod duration;
-pub mod fswatch;
 pub mod http;
 pub mod identity;
 pub mod init;
@@ -24,6 +23,9 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod tcp;
 pub mod tls;
+
+/// File watching, shared with the control plane.
+pub use weft_fswatch as fswatch;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

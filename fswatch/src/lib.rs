@@ -65,9 +65,24 @@ pub fn watch<'a>(
     Ok((watcher, Changes { rx }))
 }
 
+/// Runs `on_change` (on a tokio task) after anything changes in the directories holding
+/// `files`. Changes stop being reported when the returned watcher is dropped.
+pub fn watch_files(
+    files: &[&Path],
+    mut on_change: impl FnMut() + Send + 'static,
+) -> Result<RecommendedWatcher, WatchError> {
+    let (watcher, mut changes) = watch(files.iter().copied())?;
+    tokio::spawn(async move {
+        while changes.next().await.is_some() {
+            on_change();
+        }
+    });
+    Ok(watcher)
+}
+
 /// Whether an event can mean new contents. Opening and reading cannot: the reload itself
 /// opens the files, and reacting to that would reload every debounce period forever.
-pub(crate) fn changes_files(kind: EventKind) -> bool {
+pub fn changes_files(kind: EventKind) -> bool {
     !matches!(
         kind,
         EventKind::Access(
