@@ -92,8 +92,7 @@ pub async fn serve_connection(
             };
             shared
                 .metrics
-                .for_target(direction, "unknown", None)
-                .error(ErrorKind::NoDestination);
+                .connection_error(direction, "unknown", ErrorKind::NoDestination);
             return;
         }
     };
@@ -111,8 +110,7 @@ pub async fn serve_connection(
         Inbound::Refused(kind) => {
             shared
                 .metrics
-                .for_target(route.direction, &route.label, None)
-                .error(kind);
+                .connection_error(route.direction, &route.label, kind);
         }
     }
 }

@@ -227,6 +227,22 @@ impl Metrics {
         }
     }
 
+    /// Counts a failure for a connection that never got as far as having target metrics
+    /// (no destination, refused before serving), without creating its other series.
+    pub fn connection_error(&self, direction: Direction, target: &str, kind: ErrorKind) {
+        let labels = ErrorLabels {
+            kind,
+            target: TargetLabels {
+                direction,
+                target: target.to_owned(),
+                tls: "false",
+                client_id: String::new(),
+                server_id: String::new(),
+            },
+        };
+        self.errors.get_or_create(&labels).inc();
+    }
+
     pub fn config_reload(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.config_reloads

@@ -82,9 +82,20 @@ where
 
 /// A loopback address with nothing listening on it (bound, read, released). Used for static
 /// listener binds, which need a concrete port, and for "unreachable upstream" targets.
+///
+/// Never hands out the same port twice in one test process: tests run in parallel, and two
+/// of them given the same port would connect to each other's proxies.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().expect("local_addr")
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = l.local_addr().expect("local_addr");
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 /// A directory removed on drop.
