@@ -30,6 +30,19 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// CPU time of this process's reaped children (`getrusage(RUSAGE_CHILDREN)`), in clock
+/// ticks. The load generator exits at the end of its run, so its CPU is only visible here.
+pub fn children_ticks() -> u64 {
+    // SAFETY: an all-zero rusage is a valid value; getrusage only writes to it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a rusage.
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return 0;
+    }
+    let us = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000 + tv.tv_usec as u64;
+    (us(ru.ru_utime) + us(ru.ru_stime)) * ticks_per_second() / 1_000_000
+}
+
 /// Clock ticks per second.
 pub fn ticks_per_second() -> u64 {
     // SAFETY: sysconf has no preconditions.

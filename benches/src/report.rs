@@ -110,6 +110,11 @@ pub struct LoadReport {
     /// `requests / elapsed_s`.
     pub rps: f64,
     pub latency: Latency,
+    /// Open loop only: the generator's own lateness in sending (actual − intended send
+    /// time). It is included in `latency`; if it is large the generator, not the target,
+    /// was the bottleneck.
+    #[serde(default)]
+    pub schedule_lag: Option<Latency>,
     pub errors: Errors,
 }
 
@@ -164,6 +169,12 @@ impl LoadReport {
             Self::header(),
             self.row()
         );
+        if let Some(lag) = &self.schedule_lag {
+            out.push_str(&format!(
+                "schedule lag (generator's own lateness, included above): p50 {:.1} µs  p99 {:.1} µs  max {:.1} µs\n",
+                lag.p50_us, lag.p99_us, lag.max_us
+            ));
+        }
         let e = &self.errors;
         if e.total() > 0 {
             out.push_str(&format!(

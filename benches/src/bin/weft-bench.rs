@@ -21,6 +21,10 @@ struct Args {
     /// Seconds per measurement (default 10, or 3 with --quick).
     #[arg(long)]
     duration: Option<f64>,
+    /// Measurements per loop and scenario; the median is reported (default 3, or 1 with
+    /// --quick).
+    #[arg(long)]
+    rounds: Option<u32>,
     /// Seconds of closed-loop warm-up before measuring (default 2, or 1 with --quick).
     #[arg(long)]
     warmup: Option<f64>,
@@ -49,12 +53,44 @@ struct Args {
     /// Core for every proxy process.
     #[arg(long, default_value_t = 1)]
     proxy_core: usize,
+    /// Before each scenario wait up to this many seconds for the machine to be quiet
+    /// (less than --quiet-threshold busy); 0 only records how busy it was.
+    #[arg(long, default_value_t = 60)]
+    quiet_wait: u64,
+    /// The busy fraction (0..1) of all CPUs considered quiet.
+    #[arg(long, default_value_t = 0.1)]
+    quiet_threshold: f64,
+    /// Repeat a run during which other processes used more than this fraction (0..1) of
+    /// the machine …
+    #[arg(long, default_value_t = 0.03)]
+    noise_threshold: f64,
+    /// Repeat a run during which the whole machine stalled for longer than this many
+    /// milliseconds (a VM paused by its host) …
+    #[arg(long, default_value_t = 10.0)]
+    stall_threshold_ms: f64,
+    /// … up to this many times, keeping the least disturbed attempt …
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// … as long as the run has not been going for more than this many minutes.
+    #[arg(long, default_value_t = 15.0)]
+    retry_budget: f64,
+    /// Scheduling of every benchmark process: normal, nice (-19) or fifo (SCHED_FIFO 10;
+    /// needs root or CAP_SYS_NICE). Raise it when other work shares the machine.
+    #[arg(long, value_enum, default_value = "normal")]
+    sched: SchedArg,
     /// Do not pin anything with taskset.
     #[arg(long)]
     no_pin: bool,
     /// Where to write the JSON results (a `.md` table is written next to it).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.json"))]
     out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SchedArg {
+    Normal,
+    Nice,
+    Fifo,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,6 +140,12 @@ fn main() -> anyhow::Result<()> {
         eprintln!("note: not pinning (taskset missing or fewer than 2 cores)");
     }
 
+    let sched = match args.sched {
+        SchedArg::Normal => process::Sched::Normal,
+        SchedArg::Nice => process::Sched::Nice,
+        SchedArg::Fifo => process::Sched::Fifo,
+    };
+
     let run_dir = std::env::temp_dir().join(format!("weft-bench-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).context("creating the run directory")?;
     let secs = |v: Option<f64>, full: f64, quick: f64| {
@@ -115,13 +157,27 @@ fn main() -> anyhow::Result<()> {
         settle: Duration::from_secs(1),
         connections: args.connections,
         rate: args.rate,
-        load_pin: pin.then_some(args.load_core),
-        proxy_pin: pin.then_some(args.proxy_core),
+        load_place: process::Placement {
+            core: pin.then_some(args.load_core),
+            sched,
+        },
+        proxy_place: process::Placement {
+            core: pin.then_some(args.proxy_core),
+            sched,
+        },
         load_bin: sibling("weft-load")?,
         upstream_bin: sibling("weft-upstream")?,
         weft_bin,
         envoy_bin,
         run_dir: run_dir.clone(),
+        quiet_wait: Duration::from_secs(args.quiet_wait),
+        quiet_threshold: args.quiet_threshold,
+        noise_threshold: args.noise_threshold,
+        stall_threshold_ms: args.stall_threshold_ms,
+        retries: args.retries,
+        retry_deadline: std::time::Instant::now()
+            + Duration::from_secs_f64(args.retry_budget * 60.0),
+        rounds: args.rounds.unwrap_or(if args.quick { 1 } else { 3 }),
     };
 
     let chosen: Vec<scenario::Scenario> = if args.scenarios.is_empty() {

@@ -7,10 +7,13 @@
 //! sink. In the 2-hop chains both proxies share core 1, like two sidecars on one node's core.
 
 pub mod envoy;
+pub mod pki;
 pub mod ports;
 pub mod process;
+pub mod quiet;
 pub mod results;
 pub mod scenario;
+pub mod stalls;
 pub mod weft;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -31,16 +34,23 @@ pub enum HarnessError {
 /// Runs `scenarios` in order, printing progress to stderr.
 pub fn run_all(settings: &Settings, scenarios: &[Scenario], quick: bool) -> RunResults {
     let machine = machine();
-    let pinning = match (settings.load_pin, settings.proxy_pin) {
+    let pinning = match (settings.load_place.core, settings.proxy_place.core) {
         (Some(l), Some(p)) => format!(
             "load generator + upstream pinned to core {l}, every proxy to core {p} (taskset)"
         ),
         _ => "unpinned".into(),
     };
+    let sched = match settings.load_place.sched {
+        process::Sched::Normal => "",
+        process::Sched::Nice => ", all benchmark processes at nice -19",
+        process::Sched::Fifo => ", all benchmark processes SCHED_FIFO",
+    };
+    let pinning = pinning + sched;
     let mut results = RunResults {
         date_utc: utc_now(),
         settings: SettingsSummary {
             quick,
+            rounds: settings.rounds,
             duration_s: settings.duration.as_secs_f64(),
             warmup_s: settings.warmup.as_secs_f64(),
             connections: settings.connections,

@@ -1,9 +1,10 @@
 //! Starting, pinning, probing and stopping the processes of a scenario.
 //!
 //! Every child is started through `taskset -c <core>` (which `exec`s, so the pid we hold is
-//! the pinned program's), gets `PR_SET_PDEATHSIG` so it dies with the runner even if the
-//! runner is killed, writes its output to a log file in the run directory, and is killed
-//! when its [`Managed`] handle is dropped.
+//! the pinned program's), optionally with a raised scheduling priority ([`Sched`]), gets
+//! `PR_SET_PDEATHSIG` so it dies with the runner even if the runner is killed, writes its
+//! output to a log file in the run directory, and is killed when its [`Managed`] handle is
+//! dropped.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -14,8 +15,30 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// Where a child runs: `Some(core)` pins it with `taskset -c core`.
-pub type Pin = Option<usize>;
+/// How a child is scheduled relative to everything else on the machine.
+///
+/// On a shared 2-core machine another program's compile lands on the benchmark's cores and
+/// delays wake-ups by milliseconds, which the open loop (rightly) reports as latency. Every
+/// benchmark process — load generator, upstream and proxies alike, so the comparison stays
+/// fair — can be given priority over such work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sched {
+    /// The default `SCHED_OTHER`, nice 0.
+    Normal,
+    /// `SCHED_OTHER` at nice -19: favoured by CFS/EEVDF, but others still get time slices.
+    Nice,
+    /// `SCHED_FIFO` priority 10: preempts any normal task at once. The kernel's RT
+    /// throttling (95 % per second by default) still leaves the rest of the system running.
+    Fifo,
+}
+
+/// Where and how a child runs.
+#[derive(Debug, Clone, Copy)]
+pub struct Placement {
+    /// `Some(core)` pins it with `taskset -c core`.
+    pub core: Option<usize>,
+    pub sched: Sched,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -56,7 +79,7 @@ impl Managed {
         program: &Path,
         args: &[String],
         env: &[(&str, &str)],
-        pin: Pin,
+        place: Placement,
         log_dir: &Path,
     ) -> Result<Self, ProcessError> {
         let log = log_dir.join(format!("{name}.log"));
@@ -67,13 +90,12 @@ impl Managed {
         };
         let out = File::create(&log).map_err(spawn_err)?;
         let err = out.try_clone().map_err(spawn_err)?;
-        let mut cmd = pinned_command(program, pin);
+        let mut cmd = command(program, place);
         cmd.args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(spawn_err)?;
         Ok(Self {
             name: name.into(),
@@ -133,22 +155,45 @@ impl Drop for Managed {
     }
 }
 
-/// `taskset -c core program` when pinned, else `program`.
-pub fn pinned_command(program: &Path, pin: Pin) -> Command {
-    match pin {
+/// `taskset -c core program` when pinned, else `program`; either way with the scheduling
+/// of `place` and [`PR_SET_PDEATHSIG`](die_with_parent) applied in the child before exec.
+pub fn command(program: &Path, place: Placement) -> Command {
+    let mut cmd = match place.core {
         Some(core) => {
             let mut cmd = Command::new("taskset");
             cmd.arg("-c").arg(core.to_string()).arg(program);
             cmd
         }
         None => Command::new(program),
+    };
+    die_with_parent(&mut cmd);
+    let sched = place.sched;
+    // SAFETY: only async-signal-safe syscalls on the child itself, between fork and exec.
+    // Scheduling policy and nice value survive exec and are inherited by every thread the
+    // program starts later.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = match sched {
+                Sched::Normal => 0,
+                Sched::Nice => libc::setpriority(libc::PRIO_PROCESS, 0, -19),
+                Sched::Fifo => {
+                    let param = libc::sched_param { sched_priority: 10 };
+                    libc::sched_setscheduler(0, libc::SCHED_FIFO, &param)
+                }
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
+    cmd
 }
 
 /// Asks the kernel to SIGKILL the child when the runner's thread dies, so an interrupted
 /// benchmark leaves no proxies or servers behind. `taskset` and the programs it `exec`s keep
 /// the setting (only set-uid execs clear it).
-pub fn die_with_parent(cmd: &mut Command) {
+fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl is async-signal-safe and touches only the child being set up.
     unsafe {
         cmd.pre_exec(|| {

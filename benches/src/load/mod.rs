@@ -168,6 +168,7 @@ pub async fn run(cfg: LoadConfig) -> Result<LoadReport, LoadError> {
         requests: total.ok,
         rps: total.ok as f64 / elapsed_s,
         latency: Latency::from_histogram(&total.hist),
+        schedule_lag: ctx.cfg.rate.map(|_| Latency::from_histogram(&total.lag)),
         errors: total.errors,
     })
 }

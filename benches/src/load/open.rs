@@ -93,6 +93,9 @@ pub(crate) async fn worker(
             // This scheduled request is lost to the failed connect (already counted).
             continue;
         }
+        result
+            .lag
+            .saturating_record(now_ns().saturating_sub(due).max(1));
         let left = Duration::from_nanos(ctx.hard_stop_ns.saturating_sub(now_ns()));
         let timeout = ctx
             .cfg

@@ -14,6 +14,10 @@ use crate::report::{new_histogram, Errors};
 /// hot path).
 pub(crate) struct WorkerResult {
     pub hist: Histogram<u64>,
+    /// Open loop only: how late the generator itself sent each request (actual send time
+    /// minus intended time). Part of the measured latency by design; reported separately so
+    /// a late generator is visible rather than mistaken for a slow proxy.
+    pub lag: Histogram<u64>,
     pub ok: u64,
     pub errors: Errors,
     /// When the last response (or failure) arrived.
@@ -24,6 +28,7 @@ impl WorkerResult {
     pub fn new() -> Self {
         Self {
             hist: new_histogram(),
+            lag: new_histogram(),
             ok: 0,
             errors: Errors::default(),
             last_done_ns: 0,
@@ -32,6 +37,7 @@ impl WorkerResult {
 
     pub fn merge(&mut self, other: &WorkerResult) {
         self.hist.add(&other.hist).expect("histograms share bounds");
+        self.lag.add(&other.lag).expect("histograms share bounds");
         self.ok += other.ok;
         self.errors.add(&other.errors);
         self.last_done_ns = self.last_done_ns.max(other.last_done_ns);
