@@ -6,16 +6,10 @@
 //! the next request, so it would close every idle keep-alive connection after a few seconds
 //! and count it as a slow client.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body::{Frame, SizeHint};
-
-use super::Body;
 use crate::io::Activity;
 
 /// Whether a request is being handled on the connection, i.e. its head has been read.
@@ -68,49 +62,6 @@ impl Drop for RequestGuard {
         // Bytes read during the request were its body, not the start of the next head.
         self.0.activity.clear_read();
         self.0.in_request.store(false, Ordering::Relaxed);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that ends its request when hyper is done with it.
-    pub struct GuardedBody {
-        #[pin]
-        inner: Body,
-        guard: Option<RequestGuard>,
-    }
-}
-
-impl GuardedBody {
-    pub fn new(inner: Body, guard: RequestGuard) -> Self {
-        GuardedBody {
-            inner,
-            guard: Some(guard),
-        }
-    }
-}
-
-impl http_body::Body for GuardedBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let poll = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) = poll {
-            this.guard.take();
-        }
-        poll
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

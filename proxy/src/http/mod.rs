@@ -1,6 +1,7 @@
 //! HTTP proxying: serving a downstream connection ([`server`]), forwarding each request
 //! ([`forward`]) over pooled upstream connections ([`pool`]).
 
+pub mod body;
 pub mod error;
 pub mod forward;
 pub mod head_timeout;

@@ -10,20 +10,17 @@
 //! we picked it) is the one failure a client can never cause, so it must never surface.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::time::Instant;
 
+use super::body::OnEnd;
 use super::error::ProxyError;
 use super::Body;
 use crate::connect::{connect_upstream, ConnectError};
@@ -142,18 +139,13 @@ impl Pool {
             // The connection now belongs to the upgraded protocol.
             return rsp.map(|b| b.boxed_unsync());
         }
-        let mut checkin = Some(Checkin {
+        let checkin = Checkin {
             pool: Arc::downgrade(self),
             target: target.clone(),
             tx,
             opened,
-        });
-        if rsp.body().is_end_stream() {
-            if let Some(c) = checkin.take() {
-                c.run();
-            }
-        }
-        rsp.map(|inner| PooledBody { inner, checkin }.boxed_unsync())
+        };
+        rsp.map(|inner| OnEnd::new(inner, move || checkin.run()).boxed_unsync())
     }
 
     fn checkout(&self, target: &Upstream) -> Option<(http1::SendRequest<Body>, Instant)> {
@@ -359,53 +351,6 @@ impl Checkin {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that returns its connection to the pool when read to the end.
-    struct PooledBody {
-        #[pin]
-        inner: Incoming,
-        checkin: Option<Checkin>,
-    }
-}
-
-impl http_body::Body for PooledBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let mut inner = this.inner;
-        let poll = inner.as_mut().poll_frame(cx);
-        let done = match &poll {
-            Poll::Ready(None) => true,
-            // A server that knows the body has ended may never poll again, so check now.
-            Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
-            Poll::Ready(Some(Err(_))) => {
-                this.checkin.take();
-                false
-            }
-            Poll::Pending => false,
-        };
-        if done {
-            if let Some(c) = this.checkin.take() {
-                c.run();
-            }
-        }
-        poll
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,7 +369,7 @@ mod tests {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(|_req| async {
                         Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
-                            Bytes::from("ok"),
+                            bytes::Bytes::from("ok"),
                         )))
                     });
                     let _ = hyper::server::conn::http1::Builder::new()

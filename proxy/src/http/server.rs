@@ -9,8 +9,9 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::body::OnEnd;
 use super::forward::Forwarder;
-use super::head_timeout::{GuardedBody, HeadTimer};
+use super::head_timeout::HeadTimer;
 use super::pool::Version;
 use crate::config::Config;
 use crate::metrics::ErrorKind;
@@ -35,7 +36,7 @@ where
                         forwarder
                             .handle(req)
                             .await
-                            .map(|b| GuardedBody::new(b, guard)),
+                            .map(|b| OnEnd::new(b, move || drop(guard))),
                     )
                 }
             });
