@@ -413,6 +413,29 @@ fn mem_cells(s: &ScenarioResult) -> (String, String) {
 const IDLE_LIMIT_KIB: u64 = 8 * 1024;
 const AFTER_LIMIT_KIB: u64 = 16 * 1024;
 
+/// Weft's CPU per request against half of Envoy's, in the closed and the open loop.
+fn cpu_checks(
+    what: &str,
+    weft: Option<&ScenarioResult>,
+    envoy: Option<&ScenarioResult>,
+) -> Vec<TargetCheck> {
+    let loops: [(&str, fn(&ScenarioResult) -> Option<f64>); 2] = [
+        ("closed loop", |s| s.closed.as_ref()?.proxy_cpu_us_per_req),
+        ("open loop", |s| s.open.as_ref()?.proxy_cpu_us_per_req),
+    ];
+    loops
+        .into_iter()
+        .map(|(label, pick)| {
+            half_of(
+                format!("{what} CPU/request ≤ ½ Envoy's ({label})"),
+                "µs/req",
+                weft.and_then(pick),
+                envoy.and_then(pick),
+            )
+        })
+        .collect()
+}
+
 /// The issues' targets: CPU/request and added p99 at most half of Envoy's for the same hop
 /// count, CPU/request over an mTLS hop at most half of Envoy's; RSS under 8 MiB idle and
 /// 16 MiB after load, per proxy process (every weft scenario, mTLS included).
@@ -421,23 +444,7 @@ fn check_targets(r: &RunResults) -> Vec<TargetCheck> {
     for hops in [1, 2] {
         let weft = r.find(&format!("weft-{hops}hop"));
         let envoy = r.find(&format!("envoy-{hops}hop"));
-        for (label, pick) in [
-            (
-                "closed loop",
-                (|s: &ScenarioResult| s.closed.as_ref()?.proxy_cpu_us_per_req)
-                    as fn(&ScenarioResult) -> Option<f64>,
-            ),
-            ("open loop", |s: &ScenarioResult| {
-                s.open.as_ref()?.proxy_cpu_us_per_req
-            }),
-        ] {
-            checks.push(half_of(
-                format!("{hops}-hop CPU/request ≤ ½ Envoy's ({label})"),
-                "µs/req",
-                weft.and_then(pick),
-                envoy.and_then(pick),
-            ));
-        }
+        checks.extend(cpu_checks(&format!("{hops}-hop"), weft, envoy));
         checks.push(half_of(
             format!(
                 "{hops}-hop added p99 at {} req/s ≤ ½ Envoy's",
@@ -451,23 +458,7 @@ fn check_targets(r: &RunResults) -> Vec<TargetCheck> {
     // The mesh hop as it runs in production: mutual TLS between the two proxies.
     let weft = r.find("weft-2hop-mtls");
     let envoy = r.find("envoy-2hop-mtls");
-    for (label, pick) in [
-        (
-            "closed loop",
-            (|s: &ScenarioResult| s.closed.as_ref()?.proxy_cpu_us_per_req)
-                as fn(&ScenarioResult) -> Option<f64>,
-        ),
-        ("open loop", |s: &ScenarioResult| {
-            s.open.as_ref()?.proxy_cpu_us_per_req
-        }),
-    ] {
-        checks.push(half_of(
-            format!("2-hop mTLS CPU/request ≤ ½ Envoy's ({label})"),
-            "µs/req",
-            weft.and_then(pick),
-            envoy.and_then(pick),
-        ));
-    }
+    checks.extend(cpu_checks("2-hop mTLS", weft, envoy));
     let weft: Vec<&ScenarioResult> = r
         .scenarios
         .iter()
