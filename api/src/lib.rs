@@ -1,6 +1,8 @@
 //! Types shared by Weft's proxy, control plane and tools: SPIFFE identities and the
 //! control-plane gRPC API.
 
+#[cfg(feature = "crds")]
+pub mod crd;
 pub mod identity;
 
 pub use identity::{IdentityError, SpiffeId};
@@ -10,6 +12,11 @@ pub mod proto {
     pub mod identity {
         pub mod v1 {
             tonic::include_proto!("weft.identity.v1");
+        }
+    }
+    pub mod discovery {
+        pub mod v1 {
+            tonic::include_proto!("weft.discovery.v1");
         }
     }
 }
