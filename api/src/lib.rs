@@ -1,6 +1,7 @@
 //! Types shared by Weft's proxy, control plane and tools: SPIFFE identities and the
 //! control-plane gRPC API.
 
+pub mod authz;
 #[cfg(feature = "crds")]
 pub mod crd;
 pub mod identity;

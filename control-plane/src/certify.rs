@@ -105,7 +105,9 @@ impl Identity for CertifyService {
         request: Request<CertifyRequest>,
     ) -> Result<Response<CertifyResponse>, Status> {
         let peer = request
-            .remote_addr()
+            .extensions()
+            .get::<crate::server::PeerInfo>()
+            .and_then(|p| p.remote_addr)
             .map(|addr| addr.to_string())
             .unwrap_or_default();
         CertifyService::certify(self, request.into_inner())

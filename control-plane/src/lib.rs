@@ -18,17 +18,24 @@
 //! # let _ = &mut client; Ok(()) }
 //! ```
 
+mod admin;
 pub mod auth;
 pub mod ca;
 pub mod certify;
 pub mod client;
+pub mod convert;
+pub mod discovery;
+pub mod index;
 mod server;
+pub mod sources;
+pub mod state;
 mod tls;
 mod watch;
 
 pub use server::{
-    start, AuthSource, CaSource, Config, Running, StartError, DEFAULT_GRPC_ADDR, DEFAULT_NAMESPACE,
-    DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN, HANDSHAKE_TIMEOUT, SHUTDOWN_GRACE,
+    start, AuthSource, CaSource, Config, PeerInfo, Running, Source, StartError, DEFAULT_ADMIN_ADDR,
+    DEFAULT_GRPC_ADDR, DEFAULT_NAMESPACE, DEFAULT_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN,
+    HANDSHAKE_TIMEOUT, SHUTDOWN_GRACE,
 };
 pub use tls::provider;
 pub use watch::WatchError;

@@ -1,4 +1,5 @@
-//! `weft-control-plane`: serves the identity CA's `Certify` gRPC service over TLS.
+//! `weft-control-plane`: serves the identity CA's `Certify` and the `Discovery` push API over
+//! TLS, from the Kubernetes API or a directory of manifests.
 //! Flags and their `WEFT_CP_*` variables are in docs/control-plane.md.
 
 use std::net::SocketAddr;
@@ -9,7 +10,8 @@ use std::time::Duration;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 use weft_control_plane::ca::{self, Authority};
-use weft_control_plane::{AuthSource, CaSource, Config};
+use weft_control_plane::index::{self, MeshSettings};
+use weft_control_plane::{AuthSource, CaSource, Config, Source};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,9 +60,34 @@ struct Cli {
     #[arg(long, env = "WEFT_CP_TOKEN_FILE", conflicts_with = "kubernetes")]
     token_file: Option<PathBuf>,
 
-    /// Check tokens with the Kubernetes TokenReview API (in-cluster credentials).
-    #[arg(long, env = "WEFT_CP_KUBERNETES")]
+    /// Run against the Kubernetes API (in-cluster credentials): check tokens with TokenReview
+    /// and watch Namespaces, Pods, Services, EndpointSlices, ServiceAccounts and the policy
+    /// resources.
+    #[arg(long, env = "WEFT_CP_KUBERNETES", conflicts_with = "manifests")]
     kubernetes: bool,
+
+    /// Local mode and GitOps: serve the Kubernetes objects in this directory (multi-document
+    /// YAML, watched for changes) instead of watching an API server.
+    #[arg(long, env = "WEFT_CP_MANIFESTS")]
+    manifests: Option<PathBuf>,
+
+    /// What applies where no ALLOW policy selects a workload (a namespace may override it
+    /// with the annotation weft.dev/default-policy).
+    #[arg(long, env = "WEFT_CP_DEFAULT_POLICY", default_value = "allow", value_parser = ["allow", "authenticated", "deny"])]
+    default_policy: String,
+
+    /// Inbound mTLS where neither the pod nor its namespace says (annotation
+    /// weft.dev/mtls-mode).
+    #[arg(long, env = "WEFT_CP_MTLS_MODE", default_value = "permissive", value_parser = ["strict", "permissive"])]
+    mtls_mode: String,
+
+    /// The cluster's DNS domain (Services are name.namespace.svc.<domain>).
+    #[arg(long, env = "WEFT_CP_CLUSTER_DOMAIN", default_value = weft_control_plane::index::DEFAULT_CLUSTER_DOMAIN)]
+    cluster_domain: String,
+
+    /// The admin server: /live, /ready, /metrics, /debug/problems, /debug/proxies.
+    #[arg(long, env = "WEFT_CP_ADMIN_ADDR", default_value = weft_control_plane::DEFAULT_ADMIN_ADDR)]
+    admin_addr: SocketAddr,
 
     /// The audience proxies' projected tokens must be minted for (with --kubernetes).
     #[arg(long, env = "WEFT_CP_TOKEN_AUDIENCE", default_value = weft_control_plane::auth::DEFAULT_AUDIENCE)]
@@ -145,7 +172,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             "say how to check proxies' tokens: --token-file FILE (local mode) or --kubernetes"
         ),
     };
+    let source = match (&cli.manifests, cli.kubernetes) {
+        (Some(dir), _) => Some(Source::Manifests(dir.clone())),
+        (None, true) => Some(Source::Kubernetes),
+        (None, false) => None,
+    };
+    let mesh = MeshSettings {
+        trust_domain: cli.trust_domain.clone(),
+        cluster_domain: cli.cluster_domain.clone(),
+        default_policy: index::parse_default_policy(&cli.default_policy)
+            .map_err(anyhow::Error::msg)?,
+        mtls_mode: index::parse_mtls_mode(&cli.mtls_mode).map_err(anyhow::Error::msg)?,
+    };
     let running = weft_control_plane::start(Config {
+        source,
+        mesh,
+        admin_addr: Some(cli.admin_addr),
         grpc_addr: cli.grpc_addr,
         trust_domain: cli.trust_domain,
         namespace: cli.namespace,

@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 use tonic::transport::Channel;
 use weft_api::proto::identity::v1::identity_client::IdentityClient;
 use weft_api::SpiffeId;
@@ -27,6 +27,10 @@ use weft_api::SpiffeId;
 use crate::auth::{Authenticator, TokenFile, TokenReviewAuthenticator};
 use crate::ca::{self, Authority, Ca, CaError};
 use crate::certify::CertifyService;
+use crate::discovery::{DiscoveryMetrics, DiscoveryService, Registry, SubscriberInfo};
+use crate::index::{self, Index, MeshSettings, Views};
+use crate::sources;
+use crate::state::{Problem, ProblemBoard, State};
 use crate::tls::{self, ServingCert};
 use crate::watch::watch_files;
 
@@ -59,6 +63,16 @@ pub enum AuthSource {
     Custom(Arc<dyn Authenticator>),
 }
 
+/// Where cluster state (Services, Pods, policies) comes from.
+pub enum Source {
+    /// Local mode and GitOps: a directory of manifests, watched for changes.
+    Manifests(PathBuf),
+    /// The Kubernetes API, via the in-cluster client config.
+    Kubernetes,
+    /// An already-built client (tests against a recorded API server).
+    KubernetesClient(kube::Client),
+}
+
 /// Everything the control plane needs to start.
 pub struct Config {
     pub grpc_addr: SocketAddr,
@@ -70,9 +84,16 @@ pub struct Config {
     pub cert_lifetime: Duration,
     pub ca: CaSource,
     pub auth: AuthSource,
+    /// Discovery and policy: `None` serves identity only.
+    pub source: Option<Source>,
+    pub mesh: MeshSettings,
+    /// The admin server (/live, /ready, /metrics, /debug/problems, /debug/proxies).
+    pub admin_addr: Option<SocketAddr>,
 }
 
 pub const DEFAULT_GRPC_ADDR: &str = "0.0.0.0:15012";
+/// Istio's control-plane monitoring port.
+pub const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:15014";
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 pub const DEFAULT_NAMESPACE: &str = "weft-system";
 pub const DEFAULT_SERVICE_ACCOUNT: &str = "weft-control-plane";
@@ -89,7 +110,16 @@ impl Config {
             cert_lifetime: ca::DEFAULT_LIFETIME,
             ca: CaSource::StateDir(state_dir.into()),
             auth: AuthSource::TokenFile(token_file.into()),
+            source: None,
+            mesh: MeshSettings::default(),
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         }
+    }
+
+    /// Local mode serving the manifests in `dir` too.
+    pub fn with_manifests(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.source = Some(Source::Manifests(dir.into()));
+        self
     }
 }
 
@@ -109,6 +139,8 @@ pub enum StartError {
     Watch(#[from] crate::watch::WatchError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("manifest directory: {0}")]
+    Manifests(crate::watch::WatchError),
 }
 
 /// A running control plane. Dropping it stops the server (without waiting);
@@ -120,13 +152,34 @@ pub struct Running {
     pub bundle_pem: String,
     /// The SPIFFE ID in the control plane's serving certificate; clients must check it.
     pub server_identity: SpiffeId,
+    /// Where the admin server listens, if it was asked for.
+    pub admin_addr: Option<SocketAddr>,
     ca: Arc<Ca>,
+    registry: Arc<Registry>,
+    problems: Arc<ProblemBoard>,
+    views: watch::Receiver<Option<Arc<Views>>>,
+    _kubernetes: Option<sources::kubernetes::KubernetesSource>,
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     _watchers: Vec<notify::RecommendedWatcher>,
 }
 
 impl Running {
+    /// The proxies subscribed now, with what each was sent and acknowledged.
+    pub fn subscribers(&self) -> Vec<SubscriberInfo> {
+        self.registry.subscribers()
+    }
+
+    /// The invalid input skipped now.
+    pub fn problems(&self) -> Vec<Problem> {
+        self.problems.all()
+    }
+
+    /// The latest views (`None` until the source's first state).
+    pub fn views(&self) -> Option<Arc<Views>> {
+        self.views.borrow().clone()
+    }
+
     /// The CA, e.g. to [`Ca::replace`] its issuer in a rotation test.
     pub fn ca(&self) -> &Arc<Ca> {
         &self.ca
@@ -224,8 +277,48 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         AuthSource::Custom(auth) => auth,
     };
 
+    let mut metrics = prometheus_client::registry::Registry::with_prefix("");
+    let problems = Arc::new(ProblemBoard::default());
+    metrics.register(
+        "weft_cp_invalid_objects",
+        "Objects and files skipped as invalid right now (details: /debug/problems)",
+        problems.gauge(),
+    );
+    let registry = Arc::new(Registry::new(DiscoveryMetrics::register(&mut metrics)));
+    let (views_tx, views) = watch::channel(None);
+    let has_source = config.source.is_some();
+    let mut kubernetes = None;
+    if let Some(source) = config.source {
+        let (states_tx, states) = watch::channel(Arc::new(State::default()));
+        match source {
+            Source::Manifests(dir) => {
+                let watcher = sources::manifests::run(dir, states_tx, problems.clone())
+                    .await
+                    .map_err(StartError::Manifests)?;
+                watchers.push(watcher);
+            }
+            Source::Kubernetes => {
+                let client = kube::Client::try_default().await?;
+                kubernetes =
+                    Some(sources::kubernetes::run(client, states_tx, problems.clone()).await);
+            }
+            Source::KubernetesClient(client) => {
+                kubernetes =
+                    Some(sources::kubernetes::run(client, states_tx, problems.clone()).await);
+            }
+        }
+        tokio::spawn(index::run(
+            Index::new(config.mesh.clone()),
+            states,
+            views_tx,
+            problems.clone(),
+        ));
+    }
+
     let serving = Arc::new(ServingCert::issue(&ca, &server_identity)?);
-    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(serving.clone())));
+    let bundle = tls::client_bundle(&ca)?;
+    tokio::spawn(tls::follow_bundle(bundle.clone(), ca.clone()));
+    let acceptor = TlsAcceptor::from(Arc::new(tls::server_config(serving.clone(), bundle)));
     let listener = TcpListener::bind(config.grpc_addr)
         .await
         .map_err(|source| StartError::Bind {
@@ -246,21 +339,50 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     ));
     let (conns_tx, conns_rx) = mpsc::channel(64);
     tokio::spawn(accept_loop(listener, acceptor, conns_tx, stop_rx.clone()));
-    let service = CertifyService::new(ca.clone(), auth, config.trust_domain.clone());
+    let certify = CertifyService::new(ca.clone(), auth, config.trust_domain.clone());
+    let discovery = DiscoveryService::new(
+        views.clone(),
+        registry.clone(),
+        config.trust_domain.clone(),
+        stop_rx.clone(),
+    );
+    let admin_addr = match config.admin_addr {
+        Some(addr) => Some(
+            crate::admin::spawn(
+                addr,
+                crate::admin::Admin {
+                    metrics: Arc::new(metrics),
+                    problems: problems.clone(),
+                    registry: registry.clone(),
+                    views: views.clone(),
+                    needs_views: has_source,
+                },
+                stop_rx.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let mut shutdown = stop_rx;
     let server = tokio::spawn(
-        tonic::transport::Server::builder().serve_with_incoming_shutdown(
-            service.into_server(),
-            ReceiverStream::new(conns_rx),
-            async move { stopped(&mut shutdown).await },
-        ),
+        tonic::transport::Server::builder()
+            .add_service(certify.into_server())
+            .add_service(discovery.into_server())
+            .serve_with_incoming_shutdown(ReceiverStream::new(conns_rx), async move {
+                stopped(&mut shutdown).await
+            }),
     );
     tracing::info!(%addr, identity = %server_identity, "control plane serving gRPC over TLS");
     Ok(Running {
         addr,
         bundle_pem: ca.authority().trust_bundle_pem(),
         server_identity,
+        admin_addr,
         ca,
+        registry,
+        problems,
+        views,
+        _kubernetes: kubernetes,
         stop,
         server,
         _watchers: watchers,
@@ -319,9 +441,15 @@ async fn accept_loop(
             let local = tcp.local_addr().ok();
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    let info = TcpConnectInfo {
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(weft_tls::peer_identity);
+                    let info = PeerInfo {
                         local_addr: local,
                         remote_addr: Some(peer),
+                        identity,
                     };
                     let _ = conns.send(Ok(TlsConn { tls, info })).await;
                 }
@@ -337,16 +465,25 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
 }
 
-/// A server-side TLS stream with its TCP addresses, as tonic wants it.
+/// What a handler knows about its caller: the TCP addresses and, when the client presented
+/// a workload certificate, its SPIFFE ID. Tonic puts it in every request's extensions.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub local_addr: Option<SocketAddr>,
+    pub remote_addr: Option<SocketAddr>,
+    pub identity: Option<SpiffeId>,
+}
+
+/// A server-side TLS stream with its peer, as tonic wants it.
 struct TlsConn {
     tls: TlsStream<TcpStream>,
-    info: TcpConnectInfo,
+    info: PeerInfo,
 }
 
 impl Connected for TlsConn {
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> PeerInfo {
         self.info.clone()
     }
 }

@@ -1,5 +1,6 @@
-//! The control plane's own TLS: TLS 1.3 only, ALPN `h2`, no client certificate (a proxy has
-//! none before its first Certify). The server certificate is issued by our own CA to the
+//! The control plane's own TLS: TLS 1.3 only, ALPN `h2`, a client certificate optional (a
+//! proxy has none before its first Certify; Subscribe requires one, checked against the
+//! current trust bundle). The server certificate is issued by our own CA to the
 //! control plane's SPIFFE ID, with a fresh in-memory key, and renewed at half its lifetime
 //! or as soon as the CA's issuer is replaced. Proxies verify it against the trust bundle and
 //! check that its URI SAN is the control plane's identity; it carries no DNS name.
@@ -15,6 +16,8 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::sync::watch;
 use weft_api::SpiffeId;
+
+use weft_tls::{BundleCell, ClientIdVerifier, TrustBundle};
 
 use crate::ca::{Ca, CaError};
 
@@ -78,14 +81,42 @@ fn issue(ca: &Ca, identity: &SpiffeId) -> Result<(Arc<CertifiedKey>, SystemTime)
     ))
 }
 
-pub(crate) fn server_config(cert: Arc<ServingCert>) -> ServerConfig {
-    let mut config = ServerConfig::builder_with_provider(provider())
+pub(crate) fn server_config(cert: Arc<ServingCert>, bundle: BundleCell) -> ServerConfig {
+    let provider = provider();
+    let verifier = Arc::new(ClientIdVerifier::optional(bundle, &provider));
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
-        .with_no_client_auth()
+        .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec()];
     config
+}
+
+/// The trust bundle client certificates are checked against, as rustls verifiers want it.
+pub(crate) fn client_bundle(ca: &Ca) -> Result<BundleCell, CaError> {
+    let bundle = trust_bundle(ca)?;
+    Ok(Arc::new(arc_swap::ArcSwapOption::from_pointee(bundle)))
+}
+
+fn trust_bundle(ca: &Ca) -> Result<TrustBundle, CaError> {
+    TrustBundle::new(ca.authority().trust_bundle().to_vec(), &provider()).map_err(|e| {
+        CaError::Sign {
+            identity: "trust bundle".into(),
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// Swaps the bundle whenever the CA's changes (a rotation adds a root).
+pub(crate) async fn follow_bundle(bundle: BundleCell, ca: Arc<Ca>) {
+    let mut changes = ca.subscribe();
+    while changes.changed().await.is_ok() {
+        match trust_bundle(&ca) {
+            Ok(new) => bundle.store(Some(Arc::new(new))),
+            Err(error) => tracing::error!(%error, "new trust bundle unusable; keeping the old one"),
+        }
+    }
 }
 
 /// Keeps `cert` fresh until `stop` fires: renews at half the remaining lifetime, at once

@@ -65,6 +65,28 @@ pub fn watch<'a>(
     Ok((watcher, Changes { rx }))
 }
 
+/// Watches `dir` and everything below it (a manifest directory, a GitOps checkout).
+pub fn watch_tree(dir: &Path) -> Result<(RecommendedWatcher, Changes), WatchError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.as_ref().is_ok_and(|e| !changes_files(e.kind)) {
+            return;
+        }
+        let _ = tx.send(());
+    })
+    .map_err(|source| WatchError {
+        path: dir.to_owned(),
+        source,
+    })?;
+    watcher
+        .watch(dir, RecursiveMode::Recursive)
+        .map_err(|source| WatchError {
+            path: dir.to_owned(),
+            source,
+        })?;
+    Ok((watcher, Changes { rx }))
+}
+
 /// Runs `on_change` (on a tokio task) after anything changes in the directories holding
 /// `files`. Changes stop being reported when the returned watcher is dropped.
 pub fn watch_files(

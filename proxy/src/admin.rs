@@ -4,9 +4,9 @@
 //! | path | method | who | what |
 //! |---|---|---|---|
 //! | `/live` | GET | anyone | 200 while the process runs |
-//! | `/ready` | GET | anyone | 200 once listeners are up, 503 before and while draining |
+//! | `/ready` | GET | anyone | 200 once listeners are up (and the certificate and first view are in), 503 before and while draining |
 //! | `/metrics` | GET | anyone | Prometheus text exposition |
-//! | `/config` | GET | localhost | bootstrap settings and the current snapshot, as JSON |
+//! | `/config` | GET | localhost | bootstrap settings, the current snapshot and view, as JSON |
 //! | `/shutdown` | POST | localhost | starts a graceful drain |
 //! | `/log-level` | GET, PUT | localhost | reads or replaces the log filter |
 
@@ -43,6 +43,9 @@ pub struct Admin {
     /// With mTLS on, ready also needs a valid certificate — checked on every probe, so a
     /// certificate that expires without renewal turns the pod unready.
     pub identity: Option<Arc<crate::identity::Tls>>,
+    /// With discovery on, ready also needs a view: a new pod must not take traffic before it
+    /// knows its policies. Once applied, a view is kept through control-plane outages.
+    pub views: Option<Arc<crate::discovery::ViewStore>>,
     pub bootstrap: RunArgs,
     pub log_filter: std::sync::Mutex<String>,
     pub set_log_filter: SetLogFilter,
@@ -98,15 +101,22 @@ impl Admin {
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no valid workload certificate\n",
                     )
+                } else if self.views.as_ref().is_some_and(|views| !views.is_applied()) {
+                    text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no view from the control plane yet\n",
+                    )
                 } else {
                     text(StatusCode::OK, "ready\n")
                 }
             }
             (&Method::GET, "/metrics") => self.metrics(),
             (&Method::GET, "/config") => {
+                let view = self.views.as_ref().and_then(|views| views.load_full());
                 let body = serde_json::json!({
                     "bootstrap": &self.bootstrap,
                     "config": &*self.config.load(),
+                    "view": view.as_deref(),
                 });
                 let mut rsp = Response::new(Full::new(Bytes::from(body.to_string())));
                 rsp.headers_mut().insert(

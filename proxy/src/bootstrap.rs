@@ -101,6 +101,12 @@ pub struct RunArgs {
     /// Workload identity and its certificates (mTLS).
     #[command(flatten)]
     pub identity: IdentityArgs,
+
+    /// The pod's name (the downward API's `metadata.name`). With --control-plane-addr and
+    /// --namespace, the proxy subscribes to its view (ports, mTLS mode, authorization
+    /// policies) from the control plane; without it, no view and no authorization.
+    #[arg(long, env = "WEFT_POD_NAME")]
+    pub pod_name: Option<String>,
 }
 
 /// Where a projected service-account token for the identity audience is mounted by the

@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use weft_api::SpiffeId;
 
+use crate::authz::{Authz, ConnAuthz};
 use crate::bootstrap::Mode;
 use crate::config::{Config, ConfigStore, MtlsMode, Protocol};
 use crate::detect::{detect, Detected};
@@ -42,6 +43,8 @@ pub struct Shared {
     pub pool: Arc<Pool>,
     /// The workload identity; `None` when mTLS is off.
     pub tls: SharedTls,
+    /// Inbound authorization with the view from the control plane; `None` without discovery.
+    pub authz: Option<Authz>,
 }
 
 /// Which listener accepted the connection.
@@ -100,13 +103,19 @@ pub async fn serve_connection(
         return serve_stream(&shared, &config, route, stream, None, local, drain).await;
     };
     match inbound_tls(&shared, &config, &route, port, stream).await {
-        Inbound::Mesh(accepted) => {
+        Inbound::Mesh(accepted) if has_view(&shared, port).await => {
             let peer = Some((accepted.client_id, accepted.alpn));
             serve_stream(&shared, &config, route, accepted.stream, peer, local, drain).await
         }
+        // A plaintext connection waited for the view to learn the port's mTLS mode.
         Inbound::Plain(stream) => {
             serve_stream(&shared, &config, route, stream, None, local, drain).await
         }
+        Inbound::Mesh(_) | Inbound::Refused(ErrorKind::NoPolicy) => shared.metrics.connection_error(
+            route.direction,
+            &route.label,
+            ErrorKind::NoPolicy,
+        ),
         Inbound::Refused(kind) => {
             shared
                 .metrics
@@ -127,6 +136,10 @@ enum Inbound {
 /// A skipped (opaque) port in PERMISSIVE mode is not inspected at all: waiting for a
 /// ClientHello would stall server-speaks-first plaintext clients. Meshed clients of such a
 /// port need it to be STRICT, where the proxy waits for their handshake.
+///
+/// With discovery on, the port's mode is the view's, so a plaintext connection (and any on a
+/// skipped port) waits for the first view; a TLS one is accepted first and waits after the
+/// handshake ([`has_view`]), where the caller's handshake timeout no longer runs.
 async fn inbound_tls(
     shared: &Shared,
     config: &Config,
@@ -134,8 +147,15 @@ async fn inbound_tls(
     port: u16,
     stream: TcpStream,
 ) -> Inbound {
-    let mode = config.inbound_mtls.mode(port);
-    let inspect = route.protocol != Protocol::Opaque || mode == MtlsMode::Strict;
+    // A skipped port's mode decides whether to wait for a ClientHello at all.
+    let mut mode = None;
+    if route.protocol == Protocol::Opaque {
+        match inbound_mode(shared, config, port).await {
+            Some(known) => mode = Some(known),
+            None => return Inbound::Refused(ErrorKind::NoPolicy),
+        }
+    }
+    let inspect = route.protocol != Protocol::Opaque || mode == Some(MtlsMode::Strict);
     if let (Some(tls), true) = (&shared.tls, inspect) {
         if crate::tls::starts_with_client_hello(&stream, config.detect_timeout).await {
             let peer = stream
@@ -150,11 +170,42 @@ async fn inbound_tls(
             };
         }
     }
+    let mode = match mode {
+        Some(mode) => mode,
+        None => match inbound_mode(shared, config, port).await {
+            Some(mode) => mode,
+            None => return Inbound::Refused(ErrorKind::NoPolicy),
+        },
+    };
     if mode == MtlsMode::Strict {
         tracing::info!(port, "plaintext connection refused: port is STRICT mTLS");
         return Inbound::Refused(ErrorKind::PlaintextRefused);
     }
     Inbound::Plain(stream)
+}
+
+/// The port's inbound mTLS mode: the view's when it sets one, else the config file's.
+/// `None` when discovery is on and no view came within [`crate::authz::FIRST_VIEW_WAIT`].
+async fn inbound_mode(shared: &Shared, config: &Config, port: u16) -> Option<MtlsMode> {
+    let from_view = match &shared.authz {
+        None => None,
+        Some(_) if !has_view(shared, port).await => return None,
+        Some(authz) => authz.views.load().as_ref().and_then(|v| v.mtls_mode(port)),
+    };
+    Some(from_view.unwrap_or_else(|| config.inbound_mtls.mode(port)))
+}
+
+/// Whether the policies for an inbound connection are known, waiting (bounded) for the
+/// first view: a pod that has just started must not let connections in unjudged.
+async fn has_view(shared: &Shared, port: u16) -> bool {
+    let Some(authz) = &shared.authz else {
+        return true;
+    };
+    let known = authz.views.first(crate::authz::FIRST_VIEW_WAIT).await.is_some();
+    if !known {
+        tracing::info!(port, "inbound connection refused: no view (policies) from the control plane yet");
+    }
+    known
 }
 
 /// Serves a connection whose bytes are in the clear: a plain TCP stream, or one whose mesh TLS
@@ -184,6 +235,10 @@ async fn serve_stream<S>(
     if let Some(id) = &client_id {
         tracing::debug!(client_id = %id, target = %route.label, "mesh connection accepted");
     }
+    let authz: Option<ConnAuthz> = match (&shared.authz, route.inbound_port) {
+        (Some(authz), Some(port)) => Some(authz.connection(client_id.clone(), port, &route.label)),
+        _ => None,
+    };
     let open = Arc::new(metrics.connection_opened());
     let activity = Arc::new(Activity::default());
     let mut io = MeteredIo::new(
@@ -215,6 +270,10 @@ async fn serve_stream<S>(
     let io = PrefixedIo::new(prefix.freeze(), io);
 
     let result = match (detected, route.upstream) {
+        (Detected::Opaque, Some(_)) if authz.as_ref().is_some_and(|a| !a.allows_tcp()) => {
+            // Denied: closed without connecting upstream, so the app never sees it.
+            Ok(())
+        }
         (Detected::Opaque, Some(upstream)) => {
             let forwarding = forward_opaque(io, upstream, &shared.tls, config);
             with_idle_timeout(&activity, config.tcp_idle_timeout, forwarding).await
@@ -249,6 +308,7 @@ async fn serve_stream<S>(
                     open,
                     tunnel_idle_timeout: config.tcp_idle_timeout,
                 },
+                authz,
             });
             let serving = crate::http::server::serve(io, forwarder, config);
             with_idle_timeout(&activity, config.http_idle_timeout, serving).await

@@ -2,16 +2,19 @@
 //!
 //! Read in this order to follow a connection: [`listener`] accepts it, [`conn`] finds its
 //! destination and detects its protocol ([`detect`]), then [`http`] serves and forwards its
-//! requests over pooled upstream connections, or [`tcp`] copies its bytes. [`config`] holds
-//! the snapshot every connection reads, [`admin`] the operator's endpoints, [`drain`] the
-//! graceful shutdown.
+//! requests over pooled upstream connections, or [`tcp`] copies its bytes; inbound, [`authz`]
+//! decides each request first. [`config`] holds the snapshot every connection reads,
+//! [`discovery`] the view the control plane pushes, [`identity`] the workload certificate,
+//! [`admin`] the operator's endpoints, [`drain`] the graceful shutdown.
 
 pub mod admin;
+pub mod authz;
 pub mod bootstrap;
 pub mod config;
 pub mod conn;
 pub mod connect;
 pub mod detect;
+pub mod discovery;
 pub mod drain;
 pub mod duration;
 pub mod http;
@@ -50,6 +53,8 @@ pub enum StartError {
     Bind(#[from] listener::BindError),
     #[error(transparent)]
     Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    Discovery(#[from] discovery::DiscoveryError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -85,7 +90,22 @@ impl Proxy {
             )?),
             None => None,
         };
-        let tls = identity::start(&args.identity, &mut registry).await?;
+        let identity_mode = identity::Mode::from_args(&args.identity)?;
+        let discovery = discovery::Settings::from_args(&args, &identity_mode)?;
+        let tls = identity::start_mode(identity_mode, &mut registry)?;
+        let (drain_signal, drain_watch) = drain::channel();
+        let authz = match (discovery, &tls) {
+            (Some(settings), Some(tls)) => {
+                let views =
+                    discovery::start(settings, tls.clone(), &mut registry, drain_watch.clone())?;
+                Some(authz::Authz::new(
+                    views,
+                    authz::AuthzMetrics::new(&mut registry),
+                ))
+            }
+            // Discovery settings exist only in control-plane mode, which always has a Tls.
+            _ => None,
+        };
         let shared = Arc::new(Shared {
             mode: args.mode,
             inbound_app: args.inbound_app,
@@ -93,8 +113,8 @@ impl Proxy {
             metrics,
             pool: http::pool::Pool::new(tls.clone()),
             tls: tls.clone(),
+            authz: authz.clone(),
         });
-        let (drain_signal, drain_watch) = drain::channel();
 
         let admin_listener = listener::bind(args.admin_addr).await?;
         let admin_addr = local_addr(&admin_listener, args.admin_addr)?;
@@ -105,6 +125,7 @@ impl Proxy {
             shutdown: Default::default(),
             config: store,
             identity: tls.clone(),
+            views: authz.map(|authz| authz.views),
             bootstrap: args.clone(),
             log_filter: std::sync::Mutex::new(args.log.clone()),
             set_log_filter,
@@ -138,7 +159,8 @@ impl Proxy {
             started_tx,
         ));
         let _ = started_rx.await;
-        // Ready once the listeners are up; with mTLS on, /ready also waits for a certificate.
+        // Ready once the listeners are up; with mTLS on, /ready also waits for a certificate,
+        // and with discovery for the first view.
         admin.ready.store(true, Ordering::Release);
         let [outbound_addrs, inbound_addrs] = bound;
         tracing::info!(mode = ?args.mode, ?outbound_addrs, ?inbound_addrs, %admin_addr, "proxy ready");

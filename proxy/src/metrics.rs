@@ -74,6 +74,9 @@ pub enum ErrorKind {
     Io,
     TlsHandshake,
     PlaintextRefused,
+    /// An inbound connection arrived before the first view from the control plane and none
+    /// came in time: without its policies the proxy cannot tell whom to let in.
+    NoPolicy,
 }
 
 impl ErrorKind {
@@ -91,6 +94,7 @@ impl ErrorKind {
             ErrorKind::Io => "io_error",
             ErrorKind::TlsHandshake => "tls_handshake",
             ErrorKind::PlaintextRefused => "plaintext_refused",
+            ErrorKind::NoPolicy => "no_policy",
         }
     }
 }

@@ -262,6 +262,7 @@ impl ServerCertVerifier for ServerIdVerifier {
 pub struct ClientIdVerifier {
     bundle: BundleCell,
     algs: WebPkiSupportedAlgorithms,
+    mandatory: bool,
 }
 
 impl ClientIdVerifier {
@@ -269,13 +270,24 @@ impl ClientIdVerifier {
         ClientIdVerifier {
             bundle,
             algs: provider.signature_verification_algorithms,
+            mandatory: true,
+        }
+    }
+
+    /// A client certificate is checked when one is offered, but clients without one are let
+    /// in too: the control plane serves proxies that have no certificate yet (their first
+    /// Certify) and, on the same port, proxies that prove their identity (Subscribe).
+    pub fn optional(bundle: BundleCell, provider: &CryptoProvider) -> Self {
+        ClientIdVerifier {
+            mandatory: false,
+            ..ClientIdVerifier::new(bundle, provider)
         }
     }
 }
 
 impl ClientCertVerifier for ClientIdVerifier {
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

@@ -17,6 +17,7 @@ use super::error::{empty, ProxyError};
 use super::headers::{is_upgrade_request, strip_hop_by_hop};
 use super::pool::{Pool, Version};
 use super::Body;
+use crate::authz::ConnAuthz;
 use crate::conn::{with_idle_timeout, ConnScope};
 use crate::connect::connect;
 use crate::metrics::{Direction, ErrorKind, Metrics, TargetMetrics};
@@ -55,10 +56,12 @@ pub struct Forwarder {
     pub listener: SocketAddr,
     /// Held by tunnels that outlive their request.
     pub scope: ConnScope,
+    /// Inbound with a view from the control plane: every request is authorized first.
+    pub authz: Option<ConnAuthz>,
 }
 
 impl Forwarder {
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         let (target, metrics) = match self.resolve(&req).await {
             Ok(resolved) => resolved,
@@ -68,6 +71,12 @@ impl Forwarder {
             }
         };
         metrics.requests.inc();
+        if let Some(authz) = &self.authz {
+            if let Err(denied) = authz.check_http(&mut req) {
+                metrics.response(denied.status(), started.elapsed());
+                return denied;
+            }
+        }
         let rsp = match self.forward(&target, req).await {
             Ok(rsp) => rsp,
             Err(error) => {

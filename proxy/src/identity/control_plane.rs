@@ -48,23 +48,15 @@ impl ControlPlane {
         identity: SpiffeId,
         token_file: PathBuf,
     ) -> Result<Self, IdentityError> {
-        let server_name = server_name(addr)?;
         // Our own bundle is trusted too once we have one: it is how a rotated trust anchor
         // reaches a proxy whose anchors file predates the rotation.
         let mut config = tls.build_client_config(control_plane, &[b"h2"], Some(anchors));
         // The control plane is a server like any other, but it must not need our (maybe
         // missing, maybe expired) certificate: present none.
         config.client_auth_cert_resolver = Arc::new(NoClientCert);
-        let connector = Connector {
-            addr: addr.into(),
-            server_name,
-            tls: TlsConnector::from(Arc::new(config)),
-        };
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| IdentityError::Config(format!("--control-plane-addr {addr:?}: {e}")))?
-            .connect_timeout(CONNECT_TIMEOUT);
+        let connector = Connector::new(addr, config)?;
         Ok(ControlPlane {
-            client: IdentityClient::new(endpoint.connect_with_connector_lazy(connector)),
+            client: IdentityClient::new(endpoint(addr)?.connect_with_connector_lazy(connector)),
             identity,
             token_file,
             provider: tls.state().provider.clone(),
@@ -146,20 +138,32 @@ pub(crate) fn csr(identity: &SpiffeId, key: &KeyPair) -> Result<Vec<u8>, rcgen::
     Ok(params.serialize_request(key)?.der().to_vec())
 }
 
-/// A failed call, with the transport error that caused it (tonic's own message for a
-/// connection failure is only "transport error").
+/// The gRPC endpoint for `--control-plane-addr` (`host:port`), with the connect timeout.
+pub(crate) fn endpoint(addr: &str) -> Result<Endpoint, IdentityError> {
+    Ok(Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| IdentityError::Config(format!("--control-plane-addr {addr:?}: {e}")))?
+        .connect_timeout(CONNECT_TIMEOUT))
+}
+
+/// A failed call, with the transport error that caused it.
 fn status_error(status: tonic::Status) -> CertifyError {
+    CertifyError::Rpc {
+        code: status.code(),
+        message: status_message(&status),
+    }
+}
+
+/// A status's message followed by its causes (tonic's own message for a connection failure
+/// is only "transport error").
+pub(crate) fn status_message(status: &tonic::Status) -> String {
     let mut message = status.message().to_owned();
-    let mut source = std::error::Error::source(&status);
+    let mut source = std::error::Error::source(status);
     while let Some(error) = source {
         message.push_str(": ");
         message.push_str(&error.to_string());
         source = error.source();
     }
-    CertifyError::Rpc {
-        code: status.code(),
-        message,
-    }
+    message
 }
 
 /// The name sent as SNI: the host of `host:port` (not verified; the SPIFFE ID is).
@@ -199,10 +203,22 @@ impl rustls::client::ResolvesClientCert for NoClientCert {
 
 /// TCP then TLS to the control plane, for tonic's channel (which reconnects through it).
 #[derive(Clone)]
-struct Connector {
+pub(crate) struct Connector {
     addr: Arc<str>,
     server_name: ServerName<'static>,
     tls: TlsConnector,
+}
+
+impl Connector {
+    /// Connects to `addr` (`host:port`) with `config`, whose verifier must check the control
+    /// plane's SPIFFE ID (the SNI sent is the host, never verified).
+    pub(crate) fn new(addr: &str, config: rustls::ClientConfig) -> Result<Self, IdentityError> {
+        Ok(Connector {
+            addr: addr.into(),
+            server_name: server_name(addr)?,
+            tls: TlsConnector::from(Arc::new(config)),
+        })
+    }
 }
 
 type Connecting = Pin<

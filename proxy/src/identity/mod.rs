@@ -79,14 +79,11 @@ pub fn start_mode(mode: Mode, registry: &mut Registry) -> Result<Option<Arc<Tls>
         Mode::ControlPlane(source) => {
             let metrics = IdentityMetrics::new(registry);
             let tls = Tls::empty();
-            let roots = credentials::read_certs(&source.trust_anchors, "trust anchor")
-                .map_err(IdentityError::TrustAnchors)?;
-            let anchors = TrustBundle::new(roots, &tls.state().provider)
-                .map_err(|e| IdentityError::TrustAnchors(e.into()))?;
+            let anchors = trust_anchors(&source, &tls)?;
             let certifier = control_plane::ControlPlane::new(
                 &source.addr,
                 &source.control_plane,
-                Arc::new(anchors),
+                anchors,
                 &tls,
                 source.identity.clone(),
                 source.token_file.clone(),
@@ -101,4 +98,17 @@ pub fn start_mode(mode: Mode, registry: &mut Registry) -> Result<Option<Arc<Tls>
             Ok(Some(Arc::new(tls)))
         }
     }
+}
+
+/// The roots of `--trust-anchors`, which the control plane's certificate may chain to (as
+/// well as to the workload's own bundle).
+pub(crate) fn trust_anchors(
+    source: &ControlPlaneSource,
+    tls: &Tls,
+) -> Result<Arc<TrustBundle>, IdentityError> {
+    let roots = credentials::read_certs(&source.trust_anchors, "trust anchor")
+        .map_err(IdentityError::TrustAnchors)?;
+    let anchors = TrustBundle::new(roots, &tls.state().provider)
+        .map_err(|e| IdentityError::TrustAnchors(e.into()))?;
+    Ok(Arc::new(anchors))
 }

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod discovery;
 pub mod load;
 pub mod pki;
 

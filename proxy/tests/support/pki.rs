@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 
 use super::TempDir;
@@ -55,24 +57,60 @@ impl TestCa {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.subject_alt_names = sans;
-        params.not_before = not_before;
-        params.not_after = not_after;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        leaf_params(&mut params, not_before, not_after);
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         Leaf {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }
     }
+
+    /// Signs a certificate signing request as a control plane does: the names the CSR asks
+    /// for, valid from a minute ago for an hour. Returns the leaf's DER.
+    pub fn sign_csr(&self, csr_der: &[u8]) -> Result<Vec<u8>, String> {
+        let der = CertificateSigningRequestDer::from(csr_der.to_vec());
+        let mut csr = CertificateSigningRequestParams::from_der(&der).map_err(|e| e.to_string())?;
+        let now = OffsetDateTime::now_utc();
+        leaf_params(
+            &mut csr.params,
+            now - Duration::minutes(1),
+            now + Duration::hours(1),
+        );
+        let cert = csr.signed_by(&self.issuer).map_err(|e| e.to_string())?;
+        Ok(cert.der().to_vec())
+    }
+
+    pub fn root_der(&self) -> CertificateDer<'static> {
+        CertificateDer::from_pem_slice(self.cert_pem.as_bytes()).unwrap()
+    }
+}
+
+fn leaf_params(params: &mut CertificateParams, not_before: OffsetDateTime, not_after: OffsetDateTime) {
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.not_before = not_before;
+    params.not_after = not_after;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
 }
 
 pub struct Leaf {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+impl Leaf {
+    pub fn chain_der(&self) -> Vec<CertificateDer<'static>> {
+        CertificateDer::pem_slice_iter(self.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).unwrap()
+    }
 }
 
 /// A workload's certificate, key and trust bundle on disk.

@@ -1,0 +1,424 @@
+//! The push API end to end: a control plane serving a watched manifest directory, proxies
+//! simulated by real gRPC clients over mTLS with workload certificates from its CA.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+use weft_api::proto::discovery::v1::{subscribe_request, Ack, Hello, SubscribeRequest, ViewUpdate};
+use weft_api::SpiffeId;
+use weft_control_plane::client::{connect_discovery, WorkloadCert};
+use weft_control_plane::{Config, Running};
+
+const CLUSTER: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: orders-1
+  namespace: shop
+  labels: {app: orders}
+  annotations: {weft.dev/status: '{"version":"test"}'}
+spec:
+  serviceAccountName: orders
+  containers: [{name: app, image: orders, ports: [{containerPort: 8080, name: http}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-1, namespace: shop, labels: {app: web}}
+spec:
+  serviceAccountName: web
+  containers: [{name: app, image: web}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: orders, namespace: shop}
+spec:
+  clusterIP: 10.96.0.10
+  selector: {app: orders}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: orders-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: orders}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.0.0.5]
+  conditions: {ready: true}
+  targetRef: {kind: Pod, name: orders-1, namespace: shop}
+"#;
+
+fn policy(principal: &str) -> String {
+    format!(
+        r#"
+apiVersion: policy.weft.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: {{name: orders-callers, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  action: ALLOW
+  rules:
+  - from: [{{principals: ["{principal}"]}}]
+"#
+    )
+}
+
+struct Mesh {
+    env: common::Env,
+    manifests: tempfile::TempDir,
+}
+
+impl Mesh {
+    fn new() -> Self {
+        let manifests = tempfile::tempdir().expect("tempdir");
+        std::fs::write(manifests.path().join("cluster.yaml"), CLUSTER).expect("write");
+        let mesh = Mesh {
+            env: common::Env::new(),
+            manifests,
+        };
+        mesh.write_policy(&policy("spiffe://cluster.local/ns/shop/sa/web"));
+        mesh
+    }
+
+    fn write_policy(&self, text: &str) {
+        write_atomically(&self.manifests.path().join("policy.yaml"), text);
+    }
+
+    async fn start(&self) -> Running {
+        let config: Config = self.env.config().with_manifests(self.manifests.path());
+        weft_control_plane::start(config)
+            .await
+            .expect("control plane starts")
+    }
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// A simulated proxy's subscription.
+struct Proxy {
+    acks: tokio::sync::mpsc::Sender<SubscribeRequest>,
+    updates: Streaming<ViewUpdate>,
+}
+
+impl Proxy {
+    async fn subscribe(
+        cp: &Running,
+        sa: &str,
+        namespace: &str,
+        pod: &str,
+    ) -> Result<Proxy, tonic::Status> {
+        let identity: SpiffeId = format!("spiffe://cluster.local/ns/shop/sa/{sa}")
+            .parse()
+            .expect("id");
+        let cert = WorkloadCert::issue(cp.ca(), &identity).expect("issue");
+        let mut client = connect_discovery(
+            cp.addr,
+            &cp.trust_bundle(),
+            cp.server_identity.clone(),
+            cert,
+        )
+        .await
+        .expect("connect");
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(SubscribeRequest {
+            kind: Some(subscribe_request::Kind::Hello(Hello {
+                namespace: namespace.into(),
+                pod: pod.into(),
+                current_version: String::new(),
+                proxy_version: "test".into(),
+            })),
+        })
+        .await
+        .expect("queue hello");
+        let updates = client
+            .subscribe(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Proxy { acks: tx, updates })
+    }
+
+    async fn next(&mut self, within: Duration) -> Option<ViewUpdate> {
+        match tokio::time::timeout(within, self.updates.next()).await {
+            Ok(Some(Ok(update))) => Some(update),
+            Ok(Some(Err(status))) => panic!("stream failed: {status}"),
+            Ok(None) => panic!("stream ended"),
+            Err(_) => None,
+        }
+    }
+
+    async fn ack(&self, version: &str) {
+        self.acks
+            .send(SubscribeRequest {
+                kind: Some(subscribe_request::Kind::Ack(Ack {
+                    version: version.into(),
+                    error: String::new(),
+                })),
+            })
+            .await
+            .expect("ack");
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(5);
+/// How long to watch for an update that must not come.
+const QUIET: Duration = Duration::from_millis(600);
+
+#[tokio::test]
+async fn each_proxy_gets_its_view_and_only_the_changes_that_affect_it() {
+    let mesh = Mesh::new();
+    let cp = mesh.start().await;
+    let mut orders = Proxy::subscribe(&cp, "orders", "shop", "orders-1")
+        .await
+        .expect("subscribe");
+    let mut web = Proxy::subscribe(&cp, "web", "shop", "web-1")
+        .await
+        .expect("subscribe");
+
+    let first = orders.next(WAIT).await.expect("initial view");
+    let inbound = first.inbound.as_ref().expect("first update has inbound");
+    assert_eq!(inbound.pod, "orders-1");
+    assert_eq!(
+        inbound.ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+        vec![8080]
+    );
+    assert_eq!(inbound.policies.len(), 1);
+    assert_eq!(inbound.policies[0].name, "orders-callers");
+    assert_eq!(
+        inbound.policies[0].rules[0].from[0].principals,
+        vec!["spiffe://cluster.local/ns/shop/sa/web"]
+    );
+    let outbound = first.outbound.as_ref().expect("first update has outbound");
+    let service = &outbound.services[0];
+    assert_eq!(
+        (service.namespace.as_str(), service.name.as_str()),
+        ("shop", "orders")
+    );
+    assert_eq!(service.cluster_ips, vec!["10.96.0.10"]);
+    assert!(service
+        .hostnames
+        .contains(&"orders.shop.svc.cluster.local".to_owned()));
+    assert_eq!(service.endpoints[0].address, "10.0.0.5");
+    assert_eq!(
+        service.endpoints[0].identity,
+        "spiffe://cluster.local/ns/shop/sa/orders"
+    );
+    assert_eq!(service.endpoints[0].ports[0].port, 8080);
+    orders.ack(&first.version).await;
+
+    let web_first = web.next(WAIT).await.expect("initial view");
+    assert_eq!(
+        web_first.inbound.as_ref().expect("inbound").policies.len(),
+        0,
+        "selects app=orders only"
+    );
+    web.ack(&web_first.version).await;
+
+    // A policy edit reaches the workload it selects, as an inbound-only update.
+    let edited = Instant::now();
+    mesh.write_policy(&policy("spiffe://cluster.local/ns/shop/sa/frontend"));
+    let update = orders.next(WAIT).await.expect("pushed after the edit");
+    let took = edited.elapsed();
+    assert!(update.outbound.is_none(), "outbound did not change");
+    let principals =
+        &update.inbound.as_ref().expect("inbound changed").policies[0].rules[0].from[0].principals;
+    assert_eq!(
+        principals,
+        &vec!["spiffe://cluster.local/ns/shop/sa/frontend"]
+    );
+    assert_ne!(update.version, first.version);
+    assert!(
+        took < Duration::from_secs(1),
+        "pushed within a second (took {took:?})"
+    );
+    orders.ack(&update.version).await;
+    assert!(
+        web.next(QUIET).await.is_none(),
+        "web is not selected: nothing sent"
+    );
+
+    // The registry knows what each proxy acked.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let subscribers = cp.subscribers();
+        let acked = subscribers
+            .iter()
+            .find(|s| s.pod == "orders-1")
+            .map(|s| s.acked_version.clone());
+        if acked.as_deref() == Some(update.version.as_str()) {
+            assert_eq!(subscribers.len(), 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ack not recorded: {subscribers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("policy edit to push: {took:?}");
+}
+
+#[tokio::test]
+async fn a_proxy_may_only_subscribe_for_its_own_pod_and_namespace() {
+    let mesh = Mesh::new();
+    let cp = mesh.start().await;
+    let wrong_pod = Proxy::subscribe(&cp, "web", "shop", "orders-1")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(wrong_pod.code(), tonic::Code::PermissionDenied);
+    assert!(
+        wrong_pod
+            .message()
+            .contains("runs as spiffe://cluster.local/ns/shop/sa/orders"),
+        "{wrong_pod:?}"
+    );
+    let wrong_namespace = Proxy::subscribe(&cp, "web", "billing", "pay-1")
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(wrong_namespace.code(), tonic::Code::PermissionDenied);
+
+    // Without a client certificate: the same port serves Certify, but not Subscribe.
+    let mut anonymous = weft_api::proto::discovery::v1::discovery_client::DiscoveryClient::new(
+        weft_control_plane::client::channel(
+            cp.addr,
+            weft_control_plane::client::client_config(
+                &cp.trust_bundle(),
+                cp.server_identity.clone(),
+            )
+            .expect("config"),
+        )
+        .await
+        .expect("connect"),
+    );
+    let status = anonymous
+        .subscribe(tokio_stream::iter(Vec::<SubscribeRequest>::new()))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // A pod the index does not know yet gets its namespace's catch-all view.
+    let mut unknown = Proxy::subscribe(&cp, "web", "shop", "web-2")
+        .await
+        .expect("subscribe");
+    let view = unknown.next(WAIT).await.expect("view");
+    assert_eq!(view.inbound.expect("inbound").pod, "web-2");
+}
+
+#[tokio::test]
+async fn invalid_input_is_reported_and_the_last_good_state_stays() {
+    let mesh = Mesh::new();
+    let cp = mesh.start().await;
+    let mut orders = Proxy::subscribe(&cp, "orders", "shop", "orders-1")
+        .await
+        .expect("subscribe");
+    let first = orders.next(WAIT).await.expect("initial view");
+
+    mesh.write_policy("apiVersion: policy.weft.dev/v1alpha1\nkind: [broken");
+    assert!(
+        orders.next(QUIET).await.is_none(),
+        "invalid YAML changes nothing"
+    );
+    let problems = wait_for_problems(&cp).await;
+    assert!(problems[0].source.ends_with("policy.yaml"), "{problems:?}");
+    assert!(problems[0].message.contains("invalid YAML"));
+    assert!(problems[0].kept_last_good);
+
+    // A well-formed object whose principal pattern does not parse: named with its field.
+    mesh.write_policy(&policy("spiffe://cluster.local/ns/*/sa/web"));
+    assert!(
+        orders.next(QUIET).await.is_none(),
+        "invalid object changes nothing"
+    );
+    let problems = wait_for_problems(&cp).await;
+    assert_eq!(
+        problems[0].object.as_deref(),
+        Some("AuthorizationPolicy shop/orders-callers")
+    );
+    assert_eq!(
+        problems[0].field.as_deref(),
+        Some("spec.rules[0].from[0].principals[0]"),
+        "{problems:?}"
+    );
+    assert!(problems[0].kept_last_good);
+
+    // The admin endpoint shows the same, and the metric counts it.
+    let admin = cp.admin_addr.expect("admin server");
+    let body = http_get(admin, "/debug/problems").await;
+    assert!(
+        body.contains("spec.rules[0].from[0].principals[0]"),
+        "{body}"
+    );
+    let metrics = http_get(admin, "/metrics").await;
+    assert!(metrics.contains("weft_cp_invalid_objects 1"), "{metrics}");
+
+    // Fixed: pushed, and the problem is gone.
+    mesh.write_policy(&policy("spiffe://cluster.local/ns/shop/sa/frontend"));
+    let update = orders.next(WAIT).await.expect("fixed policy pushed");
+    assert_ne!(update.version, first.version);
+    assert_eq!(cp.problems(), vec![]);
+}
+
+#[tokio::test]
+async fn a_restarted_control_plane_serves_the_same_versions() {
+    let mesh = Mesh::new();
+    let cp = mesh.start().await;
+    let mut orders = Proxy::subscribe(&cp, "orders", "shop", "orders-1")
+        .await
+        .expect("subscribe");
+    let before = orders.next(WAIT).await.expect("view").version;
+    cp.shutdown().await.expect("shutdown");
+
+    let cp = mesh.start().await;
+    let mut orders = Proxy::subscribe(&cp, "orders", "shop", "orders-1")
+        .await
+        .expect("subscribe");
+    let after = orders.next(WAIT).await.expect("view").version;
+    assert_eq!(before, after);
+}
+
+async fn wait_for_problems(cp: &Running) -> Vec<weft_control_plane::state::Problem> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let problems = cp.problems();
+        if !problems.is_empty() {
+            return problems;
+        }
+        assert!(Instant::now() < deadline, "no problem reported");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: admin\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut body = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut body))
+        .await
+        .expect("admin answers")
+        .expect("read");
+    body
+}
