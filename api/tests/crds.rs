@@ -231,10 +231,10 @@ fn check_node(node: &Value, at: &str, problems: &mut Vec<String>) {
         }
         match values.as_array() {
             Some(values) if !values.is_empty() => {
+                let nullable = map.get("nullable") == Some(&Value::Bool(true));
                 for v in values {
-                    if !v.is_string()
-                        && !(v.is_null() && map.get("nullable") == Some(&Value::Bool(true)))
-                    {
+                    let allowed = v.is_string() || (v.is_null() && nullable);
+                    if !allowed {
                         problems.push(format!("{at}: enum value {v} is not a string"));
                     }
                 }

@@ -164,7 +164,7 @@ impl Operation {
                     any_matches(&self.methods, Some(http.method))
                         && none_matches(&self.not_methods, Some(http.method))
                         && any_matches(&self.paths, Some(http.path))
-                        
+                        && none_matches(&self.not_paths, Some(http.path))
                 }
                 None => true,
             }

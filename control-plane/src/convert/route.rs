@@ -30,6 +30,7 @@ const METHODS: &[&str] = &[
 /// absent: the Gateway API (and the API server's defaulting) then means
 /// `gateway.networking.k8s.io`, which has no Service, and ignoring it would silently drop
 /// the route.
+#[allow(clippy::type_complexity)] // The signature the index is written against.
 pub fn http_route(
     r: &HTTPRoute,
 ) -> Result<Vec<((String, String), pb::HttpRoute)>, Vec<FieldError>> {
@@ -59,13 +60,11 @@ pub fn http_route(
     errors.finish(parents.into_iter().map(for_parent).collect())
 }
 
-/// Each Service parent once, in order, with its ports (`None`: every port).
-fn service_parents(
-    refs: &[ParentRef],
-    namespace: &str,
-    errors: &mut Errors,
-) -> Vec<((String, String), Option<Vec<u32>>)> {
-    let mut parents: Vec<((String, String), Option<Vec<u32>>)> = Vec::new();
+/// Each Service parent (namespace, name) once, in order, with its ports (`None`: every port).
+type Parents = Vec<((String, String), Option<Vec<u32>>)>;
+
+fn service_parents(refs: &[ParentRef], namespace: &str, errors: &mut Errors) -> Parents {
+    let mut parents = Parents::new();
     for (i, parent) in refs.iter().enumerate() {
         let at = format!("spec.parentRefs[{i}]");
         // The Gateway API's default kind is Gateway: not ours.

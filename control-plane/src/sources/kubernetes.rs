@@ -71,10 +71,6 @@ pub const REPORTER: &str = "kubernetes";
 /// The shortest time between two published states once the initial lists are done.
 pub const PUBLISH_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Where a namespaced object without a namespace lives (as in `state::decode`; the API
-/// server always sets one, this is only for keys of objects that fail to decode).
-const DEFAULT_NAMESPACE: &str = "default";
-
 /// The most events taken in one go before the publish timer is looked at again.
 const BATCH: usize = 1024;
 
@@ -422,7 +418,7 @@ fn key_of(kind: Kind, object: &DynamicObject) -> ObjectKey {
             .namespace
             .clone()
             .filter(|ns| !ns.is_empty())
-            .unwrap_or_else(|| DEFAULT_NAMESPACE.into())
+            .unwrap_or_else(|| crate::state::DEFAULT_NAMESPACE.into())
     } else {
         String::new()
     };

@@ -13,7 +13,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use weft_api::crd::{AuthorizationPolicy, HTTPRoute, TrafficPolicy};
 
-pub use decode::{decode, DecodeError};
+pub use decode::{decode, DecodeError, DEFAULT_NAMESPACE};
 pub use problems::{Problem, ProblemBoard};
 
 /// The kinds Weft reads, with the apiVersion each is read at.

@@ -26,6 +26,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use weft_api::crd::PolicyAction;
 
 use super::*;
+use crate::state::NamespacedName;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -212,21 +213,10 @@ impl tower::Service<http::Request<kube::client::Body>> for FakeApiServer {
     }
 
     fn call(&mut self, request: http::Request<kube::client::Body>) -> Self::Future {
-        Box::pin(self.clone().answer(request).map_ok())
+        let server = self.clone();
+        Box::pin(async move { Ok(server.answer(request).await) })
     }
 }
-
-/// `Result` around a response future (`Future::map` without the futures crate).
-trait MapOk: Future + Sized {
-    fn map_ok(self) -> Pin<Box<dyn Future<Output = Result<Self::Output, Infallible>> + Send>>
-    where
-        Self: Send + 'static,
-    {
-        Box::pin(async move { Ok(self.await) })
-    }
-}
-
-impl<F: Future> MapOk for F {}
 
 /// A running source over the fake API server.
 struct Harness {
@@ -312,8 +302,6 @@ impl Harness {
 fn nn(namespace: &str, name: &str) -> NamespacedName {
     (namespace.to_owned(), name.to_owned())
 }
-
-use crate::state::NamespacedName;
 
 fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
     pairs
