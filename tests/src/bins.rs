@@ -15,33 +15,52 @@ use std::time::SystemTime;
 /// The `weft-proxy` binary to test, given the path of this package's `weft-test-app` and the
 /// workspace root. Panics with the command to run when it is missing or stale.
 pub fn weft_proxy(test_app: &Path, workspace: &Path) -> PathBuf {
-    if let Some(path) = std::env::var_os("WEFT_PROXY_BIN") {
+    workspace_binary(
+        "weft-proxy",
+        "WEFT_PROXY_BIN",
+        &workspace.join("proxy/src"),
+        test_app,
+    )
+}
+
+/// The `weft-control-plane` binary, found and checked like [`weft_proxy`]
+/// (`WEFT_CONTROL_PLANE_BIN` overrides).
+pub fn weft_control_plane(test_app: &Path, workspace: &Path) -> PathBuf {
+    workspace_binary(
+        "weft-control-plane",
+        "WEFT_CONTROL_PLANE_BIN",
+        &workspace.join("control-plane/src"),
+        test_app,
+    )
+}
+
+fn workspace_binary(name: &str, override_var: &str, sources: &Path, test_app: &Path) -> PathBuf {
+    if let Some(path) = std::env::var_os(override_var) {
         let path = PathBuf::from(path);
         assert!(
             path.is_file(),
-            "WEFT_PROXY_BIN={} is not a file",
+            "{override_var}={} is not a file",
             path.display()
         );
         return path;
     }
-    let path = test_app.with_file_name("weft-proxy");
+    let path = test_app.with_file_name(name);
     let built = std::fs::metadata(&path)
         .and_then(|m| m.modified())
         .unwrap_or_else(|err| {
             panic!(
-                "{}: {err}; build it first with `cargo build -p weft-proxy` (same profile as \
-                 the tests), or point WEFT_PROXY_BIN at a weft-proxy binary",
+                "{}: {err}; build it first with `cargo build -p {name}` (same profile as \
+                 the tests), or point {override_var} at a {name} binary",
                 path.display()
             )
         });
     // Only the crate's own sources: every change there relinks the binary, so an older binary
     // is certainly stale (tests and other crates may change without relinking it).
-    let sources = workspace.join("proxy/src");
-    if let Some((newest, file)) = newest_file(&sources) {
+    if let Some((newest, file)) = newest_file(sources) {
         assert!(
             built >= newest,
-            "{} is older than {}: rebuild it with `cargo build -p weft-proxy` (or set \
-             WEFT_PROXY_BIN to test a specific binary)",
+            "{} is older than {}: rebuild it with `cargo build -p {name}` (or set \
+             {override_var} to test a specific binary)",
             path.display(),
             file.display()
         );
