@@ -15,6 +15,8 @@ pub mod clock;
 pub mod harness;
 pub mod load;
 pub mod procfs;
+#[cfg(feature = "propagation")]
+pub mod propagation;
 pub mod report;
 pub mod timer;
 pub mod upstream;

@@ -1,5 +1,7 @@
-//! `weftctl`, the operator's CLI. Today it reads a proxy's view; `check`, `stat`, `inject`,
-//! `install` and `authz explain` arrive with the control plane.
+//! `weftctl`, the operator's CLI: a proxy's view (`proxy-config`) and the mesh's health
+//! (`check`). `stat`, `inject`, `install` and `authz explain` come next.
+
+mod check;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,6 +25,18 @@ struct Cli {
 enum Command {
     /// Print weftctl's version.
     Version,
+    /// Check the mesh: the control plane is up, every policy object is valid, and every proxy
+    /// has applied its latest view. Prints ✓/✗ lines; exits 1 when anything failed.
+    Check {
+        /// The control plane's admin address (`kubectl -n weft-system port-forward
+        /// deploy/weft-control-plane 15014` in a cluster).
+        #[arg(
+            long,
+            default_value = "127.0.0.1:15014",
+            env = "WEFT_CONTROL_PLANE_ADMIN"
+        )]
+        control_plane_admin: SocketAddr,
+    },
     /// Print a proxy's current configuration (its admin server's /config), as JSON.
     ProxyConfig {
         /// The proxy's admin address. /config answers only on localhost: use
@@ -33,9 +47,12 @@ enum Command {
 }
 
 #[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Version => println!("weftctl {}", env!("CARGO_PKG_VERSION")),
+        Command::Check {
+            control_plane_admin,
+        } => return Ok(check::run(control_plane_admin).await),
         Command::ProxyConfig { admin } => {
             let body = tokio::time::timeout(DEFAULT_ADMIN_TIMEOUT, get(admin, "/config"))
                 .await
@@ -47,7 +64,15 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&json)?);
         }
     }
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `GET path` from an admin server, bounded by [`DEFAULT_ADMIN_TIMEOUT`].
+async fn get_json(admin: SocketAddr, path: &str) -> anyhow::Result<serde_json::Value> {
+    let body = tokio::time::timeout(DEFAULT_ADMIN_TIMEOUT, get(admin, path))
+        .await
+        .with_context(|| format!("{admin} did not answer within {DEFAULT_ADMIN_TIMEOUT:?}"))??;
+    serde_json::from_slice(&body).with_context(|| format!("{admin}{path} sent invalid JSON"))
 }
 
 async fn get(admin: SocketAddr, path: &str) -> anyhow::Result<bytes::Bytes> {

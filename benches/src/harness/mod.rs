@@ -87,7 +87,7 @@ pub fn run_all(settings: &Settings, scenarios: &[Scenario], quick: bool) -> RunR
     results
 }
 
-fn machine() -> Machine {
+pub fn machine() -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu_model = cpuinfo
         .lines()
@@ -113,7 +113,7 @@ fn machine() -> Machine {
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` without a date-time dependency (civil-from-days, H. Hinnant).
-fn utc_now() -> String {
+pub fn utc_now() -> String {
     let secs = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)

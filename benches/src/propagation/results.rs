@@ -1,0 +1,351 @@
+//! What a propagation run measured, and its renderings (Markdown table, JSON).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::cpmetrics::Counters;
+use super::mesh::Change;
+use crate::harness::results::Machine;
+use crate::procfs::Memory;
+
+/// The target from the issue: p99 of the time to every affected proxy's ack, at 10,000.
+pub const TARGET_P99_MS: f64 = 1000.0;
+pub const TARGET_PROXIES: usize = 10_000;
+
+/// Percentiles of a set of latencies, milliseconds (nearest rank).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Percentiles {
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub min_ms: f64,
+}
+
+impl Percentiles {
+    pub fn of(values: &[f64]) -> Self {
+        if values.is_empty() {
+            return Self::default();
+        }
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let at = |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+        Percentiles {
+            samples: sorted.len(),
+            p50_ms: at(0.50),
+            p90_ms: at(0.90),
+            p99_ms: at(0.99),
+            max_ms: sorted[sorted.len() - 1],
+            min_ms: sorted[0],
+        }
+    }
+}
+
+/// One policy edit and what followed.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeResult {
+    pub change: Change,
+    pub round: u32,
+    /// Subscribed proxies the change affects.
+    pub expected: usize,
+    /// Of those, how many received (and acked) the new view before the deadline.
+    pub received: usize,
+    /// Per affected proxy: rename → update received and its ack queued, milliseconds.
+    pub latency: Percentiles,
+    /// The per-proxy latencies (ms), sorted by proxy index; for re-analysis.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples_ms: Vec<f64>,
+    /// Rename → the control plane's `weft_cp_acks_total` counted every ack (polled every
+    /// `poll_ms`, so up to that much late), milliseconds.
+    pub cp_all_acked_ms: Option<f64>,
+    /// Updates received by proxies the change does not affect (must be 0), until the quiet
+    /// window after the last affected proxy ended.
+    pub unaffected_updates: usize,
+    /// Updates that carried an outbound view (a policy edit must not; must be 0).
+    pub with_outbound: usize,
+    /// Updates to affected proxies without an inbound view, or without the new round.
+    pub wrong_content: usize,
+    /// Second and later updates to the same affected proxy.
+    pub duplicates: usize,
+    /// Streams that ended during the change.
+    pub disconnects: usize,
+    /// Control-plane CPU (user + system) from the rename to the end of the quiet window.
+    pub cp_cpu_ms: f64,
+    /// The benchmark process's own CPU over the same window (the simulated proxies).
+    pub client_cpu_ms: f64,
+    /// Mean size of the update an affected proxy received (protobuf bytes).
+    pub update_bytes: f64,
+    /// What the control plane's counters moved by over the change.
+    pub cp_counted: Counters,
+    /// The same as the simulated proxies saw it (pushes = updates received with that part,
+    /// acks = updates acked).
+    pub proxies_saw: Counters,
+    pub counts_match: bool,
+}
+
+/// Every round of one kind of change at one size, together.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeSummary {
+    pub change: Change,
+    pub rounds: usize,
+    /// Over every affected proxy of every round.
+    pub latency: Percentiles,
+    /// Per round, the time until the last affected proxy had the new view (ms).
+    pub all_received_ms: Vec<f64>,
+    pub cp_all_acked_ms: Vec<Option<f64>>,
+    pub missing: usize,
+    pub unaffected_updates: usize,
+    pub with_outbound: usize,
+    pub wrong_content: usize,
+    pub duplicates: usize,
+    pub counts_match: bool,
+    /// Median over rounds.
+    pub cp_cpu_ms: f64,
+    pub client_cpu_ms: f64,
+    pub update_bytes: f64,
+}
+
+impl ChangeSummary {
+    pub fn of(change: Change, rounds: &[&ChangeResult]) -> Self {
+        let all: Vec<f64> = rounds.iter().flat_map(|r| r.samples_ms.iter().copied()).collect();
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        ChangeSummary {
+            change,
+            rounds: rounds.len(),
+            latency: Percentiles::of(&all),
+            all_received_ms: rounds.iter().map(|r| r.latency.max_ms).collect(),
+            cp_all_acked_ms: rounds.iter().map(|r| r.cp_all_acked_ms).collect(),
+            missing: rounds.iter().map(|r| r.expected - r.received).sum(),
+            unaffected_updates: rounds.iter().map(|r| r.unaffected_updates).sum(),
+            with_outbound: rounds.iter().map(|r| r.with_outbound).sum(),
+            wrong_content: rounds.iter().map(|r| r.wrong_content).sum(),
+            duplicates: rounds.iter().map(|r| r.duplicates).sum(),
+            counts_match: rounds.iter().all(|r| r.counts_match),
+            cp_cpu_ms: median(rounds.iter().map(|r| r.cp_cpu_ms).collect()),
+            client_cpu_ms: median(rounds.iter().map(|r| r.client_cpu_ms).collect()),
+            update_bytes: median(rounds.iter().map(|r| r.update_bytes).collect()),
+        }
+    }
+}
+
+/// Connecting every proxy.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscribePhase {
+    pub subscribed: usize,
+    pub failed: usize,
+    /// The first failure's reason, if any.
+    pub first_failure: Option<String>,
+    /// From the first connect until every proxy had its first view, seconds.
+    pub seconds: f64,
+    /// Per proxy, first connect attempt → first view acked (includes waiting for a slot).
+    pub per_proxy: Percentiles,
+    /// Size of the first view (inbound + outbound), protobuf bytes.
+    pub first_view_bytes: usize,
+    pub cp_cpu_s: f64,
+    pub client_cpu_s: f64,
+    /// The control plane's counters after every proxy subscribed.
+    pub cp_counted: Counters,
+}
+
+/// The control-plane process.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlPlane {
+    pub pid: u32,
+    pub exe: Option<String>,
+    /// After `/ready`, before any proxy connected.
+    pub ready: Memory,
+    /// After every proxy subscribed and a 2 s settle.
+    pub subscribed: Memory,
+    /// After the last change.
+    pub end: Memory,
+}
+
+/// One mesh size.
+#[derive(Debug, Clone, Serialize)]
+pub struct SizeResult {
+    pub proxies: usize,
+    pub pods: usize,
+    pub services: usize,
+    /// `/ready` after start, seconds (the first load of the manifest directory).
+    pub ready_s: f64,
+    pub control_plane: ControlPlane,
+    pub subscribe: SubscribePhase,
+    pub changes: Vec<ChangeResult>,
+    pub summaries: Vec<ChangeSummary>,
+    /// Every proxy stream still open at the end.
+    pub disconnected_at_end: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub rounds: u32,
+    pub connect_concurrency: usize,
+    pub client_threads: usize,
+    pub change_timeout_s: f64,
+    pub quiet_s: f64,
+    pub poll_ms: u64,
+    pub control_plane: String,
+    pub control_plane_log: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PropagationResults {
+    pub date_utc: String,
+    pub machine: Machine,
+    pub settings: Settings,
+    pub sizes: Vec<SizeResult>,
+    pub targets: Vec<TargetCheck>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetCheck {
+    pub target: String,
+    pub met: Option<bool>,
+    pub detail: String,
+}
+
+fn kib(k: u64) -> String {
+    format!("{:.1} MiB", k as f64 / 1024.0)
+}
+
+fn opt_ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into())
+}
+
+impl PropagationResults {
+    pub fn evaluate(&mut self) {
+        let mut targets = Vec::new();
+        for size in self.sizes.iter().filter(|s| s.proxies == TARGET_PROXIES) {
+            for s in &size.summaries {
+                let met = s.missing == 0 && s.latency.p99_ms < TARGET_P99_MS;
+                targets.push(TargetCheck {
+                    target: format!(
+                        "{}: p99 < 1 s at {} proxies",
+                        s.change.name(),
+                        size.proxies
+                    ),
+                    met: Some(met),
+                    detail: format!(
+                        "p99 {:.0} ms, max {:.0} ms over {} samples, {} missing",
+                        s.latency.p99_ms, s.latency.max_ms, s.latency.samples, s.missing
+                    ),
+                });
+            }
+        }
+        for size in &self.sizes {
+            let unaffected: usize = size.summaries.iter().map(|s| s.unaffected_updates).sum();
+            let outbound: usize = size.summaries.iter().map(|s| s.with_outbound).sum();
+            let wrong: usize = size.summaries.iter().map(|s| s.wrong_content).sum();
+            targets.push(TargetCheck {
+                target: format!("each change sent only to the proxies it affects ({} proxies)", size.proxies),
+                met: Some(unaffected == 0 && outbound == 0 && wrong == 0),
+                detail: format!(
+                    "{unaffected} updates to unaffected proxies, {outbound} with an outbound view, {wrong} with wrong content"
+                ),
+            });
+        }
+        self.targets = targets;
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let _ = writeln!(
+            out,
+            "Measured {} on {} cores ({}), kernel {}; load average at start {}.",
+            self.date_utc, m.nproc, m.cpu_model, m.kernel, m.loadavg_at_start
+        );
+        let s = &self.settings;
+        let _ = writeln!(
+            out,
+            "{} rounds of each change; latency = policy file renamed into the watched directory → \
+             the simulated proxy received the new view and queued its ack. Proxies connected {} at a time; \
+             the simulated proxies ran on {} thread(s) in the benchmark process, unpinned, on the same machine \
+             as the control plane.\n",
+            s.rounds, s.connect_concurrency, s.client_threads
+        );
+        let _ = writeln!(
+            out,
+            "| proxies / pods | change | affected | p50 ms | p99 ms | max ms | all received per round (ms) | CP counted all acks (ms) | unaffected updates | with outbound | CP CPU ms / change | sim. proxies CPU ms / change | update bytes | counters match |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|");
+        for size in &self.sizes {
+            for sum in &size.summaries {
+                let affected = size
+                    .changes
+                    .iter()
+                    .find(|c| c.change == sum.change)
+                    .map(|c| c.expected)
+                    .unwrap_or(0);
+                let rounds: Vec<String> = sum.all_received_ms.iter().map(|v| format!("{v:.0}")).collect();
+                let acked: Vec<String> = sum.cp_all_acked_ms.iter().map(|v| opt_ms(*v)).collect();
+                let _ = writeln!(
+                    out,
+                    "| {} / {} | {} | {}{} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                    size.proxies,
+                    size.pods,
+                    sum.change.name(),
+                    affected,
+                    if sum.missing > 0 { format!(" ({} missing)", sum.missing) } else { String::new() },
+                    sum.latency.p50_ms,
+                    sum.latency.p99_ms,
+                    sum.latency.max_ms,
+                    rounds.join(" / "),
+                    acked.join(" / "),
+                    sum.unaffected_updates,
+                    sum.with_outbound,
+                    sum.cp_cpu_ms,
+                    sum.client_cpu_ms,
+                    sum.update_bytes,
+                    if sum.counts_match { "yes" } else { "**no**" },
+                );
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| proxies / pods | CP ready | subscribe all | per proxy p50 / p99 | first view | CP CPU subscribing | CP RSS ready | CP RSS subscribed (peak) | CP RSS end (peak) | CP counts subscribers |"
+        );
+        let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+        for size in &self.sizes {
+            let sub = &size.subscribe;
+            let cp = &size.control_plane;
+            let _ = writeln!(
+                out,
+                "| {} / {} | {:.1} s | {:.1} s{} | {:.0} / {:.0} ms | {:.0} KiB | {:.1} s | {} | {} ({}) | {} ({}) | {:.0} |",
+                size.proxies,
+                size.pods,
+                size.ready_s,
+                sub.seconds,
+                if sub.failed > 0 { format!(" ({} failed)", sub.failed) } else { String::new() },
+                sub.per_proxy.p50_ms,
+                sub.per_proxy.p99_ms,
+                sub.first_view_bytes as f64 / 1024.0,
+                sub.cp_cpu_s,
+                kib(cp.ready.rss_kib),
+                kib(cp.subscribed.rss_kib),
+                kib(cp.subscribed.hwm_kib),
+                kib(cp.end.rss_kib),
+                kib(cp.end.hwm_kib),
+                sub.cp_counted.subscribers,
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(out, "| target | verdict |");
+        let _ = writeln!(out, "|---|---|");
+        for t in &self.targets {
+            let verdict = match t.met {
+                Some(true) => format!("met — {}", t.detail),
+                Some(false) => format!("**not met** — {}", t.detail),
+                None => format!("not measured — {}", t.detail),
+            };
+            let _ = writeln!(out, "| {} | {} |", t.target, verdict);
+        }
+        out
+    }
+}
