@@ -2,6 +2,8 @@
 //! [`Object`]: check its apiVersion and kind, fill the default namespace, and deserialize it
 //! with the path of the failing field in the error.
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -96,14 +98,14 @@ pub fn decode(mut value: Value) -> Result<(ObjectKey, Object), DecodeError> {
         });
     }
     let object = match kind {
-        Kind::Namespace => Object::Namespace(typed(&key, value)?),
-        Kind::Pod => Object::Pod(typed(&key, value)?),
-        Kind::Service => Object::Service(typed(&key, value)?),
-        Kind::EndpointSlice => Object::EndpointSlice(typed(&key, value)?),
-        Kind::ServiceAccount => Object::ServiceAccount(typed(&key, value)?),
-        Kind::AuthorizationPolicy => Object::AuthorizationPolicy(typed(&key, value)?),
-        Kind::TrafficPolicy => Object::TrafficPolicy(typed(&key, value)?),
-        Kind::HTTPRoute => Object::HTTPRoute(typed(&key, value)?),
+        Kind::Namespace => Object::Namespace(Arc::new(typed(&key, value)?)),
+        Kind::Pod => Object::Pod(Arc::new(typed(&key, value)?)),
+        Kind::Service => Object::Service(Arc::new(typed(&key, value)?)),
+        Kind::EndpointSlice => Object::EndpointSlice(Arc::new(typed(&key, value)?)),
+        Kind::ServiceAccount => Object::ServiceAccount(Arc::new(typed(&key, value)?)),
+        Kind::AuthorizationPolicy => Object::AuthorizationPolicy(Arc::new(typed(&key, value)?)),
+        Kind::TrafficPolicy => Object::TrafficPolicy(Arc::new(typed(&key, value)?)),
+        Kind::HTTPRoute => Object::HTTPRoute(Arc::new(typed(&key, value)?)),
     };
     Ok((key, object))
 }
