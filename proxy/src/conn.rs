@@ -111,11 +111,9 @@ pub async fn serve_connection(
         Inbound::Plain(stream) => {
             serve_stream(&shared, &config, route, stream, None, local, drain).await
         }
-        Inbound::Mesh(_) | Inbound::Refused(ErrorKind::NoPolicy) => shared.metrics.connection_error(
-            route.direction,
-            &route.label,
-            ErrorKind::NoPolicy,
-        ),
+        Inbound::Mesh(_) | Inbound::Refused(ErrorKind::NoPolicy) => shared
+            .metrics
+            .connection_error(route.direction, &route.label, ErrorKind::NoPolicy),
         Inbound::Refused(kind) => {
             shared
                 .metrics
@@ -201,9 +199,16 @@ async fn has_view(shared: &Shared, port: u16) -> bool {
     let Some(authz) = &shared.authz else {
         return true;
     };
-    let known = authz.views.first(crate::authz::FIRST_VIEW_WAIT).await.is_some();
+    let known = authz
+        .views
+        .first(crate::authz::FIRST_VIEW_WAIT)
+        .await
+        .is_some();
     if !known {
-        tracing::info!(port, "inbound connection refused: no view (policies) from the control plane yet");
+        tracing::info!(
+            port,
+            "inbound connection refused: no view (policies) from the control plane yet"
+        );
     }
     known
 }

@@ -43,7 +43,12 @@ struct Caller {
     _files: IdentityFiles,
 }
 
-async fn caller(cp: &TestControlPlane, account: &str, server: &TestProxy, protocol: &str) -> Caller {
+async fn caller(
+    cp: &TestControlPlane,
+    account: &str,
+    server: &TestProxy,
+    protocol: &str,
+) -> Caller {
     let files = IdentityFiles::new(&cp.ca().issue(&spiffe("shop", account)), &[cp.ca()]);
     let listener = free_addr();
     let proxy = proxy()
@@ -136,23 +141,46 @@ async fn deny_and_allow_policies_decide_who_gets_through() {
     let reply = get_once(m.web.listener, "/public").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.text(), "app");
-    let seen: Vec<String> = m.app.seen().iter().map(|s| s.uri.path().to_owned()).collect();
-    assert_eq!(seen, ["/public"], "only the allowed request reached the app");
+    let seen: Vec<String> = m
+        .app
+        .seen()
+        .iter()
+        .map(|s| s.uri.path().to_owned())
+        .collect();
+    assert_eq!(
+        seen,
+        ["/public"],
+        "only the allowed request reached the app"
+    );
     assert_eq!(decisions(&m.server, "shop/deny-admin", "deny").await, 2.0);
     assert_eq!(decisions(&m.server, "default", "allow").await, 1.0);
 
     // An ALLOW policy for another principal: web must match an ALLOW now, and doesn't. The
     // first ALLOW policy is named.
     let allow = policy("allow-payments", pb::Action::Allow, &[&payments()], &[]);
-    assert_eq!(push(&m.cp, view("v2", inbound(vec![deny, allow]))).await.error, "");
+    assert_eq!(
+        push(&m.cp, view("v2", inbound(vec![deny, allow])))
+            .await
+            .error,
+        ""
+    );
     let reply = get_once(m.web.listener, "/public").await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
-    assert_eq!(reply.header("weft-authz-policy"), Some("shop/allow-payments"));
+    assert_eq!(
+        reply.header("weft-authz-policy"),
+        Some("shop/allow-payments")
+    );
     let payments = caller(&m.cp, "payments", &m.server, "auto").await;
     let reply = get_once(payments.listener, "/public").await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert_eq!(decisions(&m.server, "shop/allow-payments", "allow").await, 1.0);
-    assert_eq!(decisions(&m.server, "shop/allow-payments", "deny").await, 1.0);
+    assert_eq!(
+        decisions(&m.server, "shop/allow-payments", "allow").await,
+        1.0
+    );
+    assert_eq!(
+        decisions(&m.server, "shop/allow-payments", "deny").await,
+        1.0
+    );
     assert_eq!(m.app.seen().len(), 2);
     // Callers and paths never become labels.
     let text = m.server.metrics().await.text;
@@ -183,12 +211,14 @@ async fn a_policy_change_applies_to_the_next_request_on_an_open_mesh_connection(
     push(&m.cp, view("v3", inbound(vec![]))).await;
     assert_eq!(client.get("/").await.status, StatusCode::OK);
     assert!(!client.is_closed());
-    let opened = m
-        .server
-        .metrics()
-        .await
-        .sum("weft_tcp_connections_opened_total", &[("direction", "inbound")]);
-    assert_eq!(opened, 1.0, "every request used the one HTTP/2 mesh connection");
+    let opened = m.server.metrics().await.sum(
+        "weft_tcp_connections_opened_total",
+        &[("direction", "inbound")],
+    );
+    assert_eq!(
+        opened, 1.0,
+        "every request used the one HTTP/2 mesh connection"
+    );
     assert_eq!(m.app.seen().len(), 2);
 }
 
@@ -211,7 +241,10 @@ async fn a_denied_grpc_request_gets_permission_denied() {
     assert_eq!(reply.header("content-type"), Some("application/grpc"));
     assert_eq!(reply.header("weft-authz-policy"), Some("shop/deny-web"));
     assert!(
-        reply.header("grpc-message").unwrap().contains("shop/deny-web"),
+        reply
+            .header("grpc-message")
+            .unwrap()
+            .contains("shop/deny-web"),
         "{:?}",
         reply.headers
     );
@@ -258,7 +291,10 @@ async fn audit_and_dry_run_policies_record_without_denying() {
     assert_eq!(m.app.seen().len(), 1);
     assert_eq!(decisions(&m.server, "default", "allow").await, 1.0);
     assert_eq!(decisions(&m.server, "shop/audit-web", "audit").await, 1.0);
-    assert_eq!(decisions(&m.server, "shop/dry-deny-web", "dry_run_deny").await, 1.0);
+    assert_eq!(
+        decisions(&m.server, "shop/dry-deny-web", "dry_run_deny").await,
+        1.0
+    );
     assert_eq!(decisions(&m.server, "shop/dry-deny-web", "deny").await, 0.0);
 }
 
@@ -284,20 +320,26 @@ async fn every_version_is_acked_and_an_invalid_one_is_nacked_and_not_applied() {
         metrics.value("weft_discovery_updates_total", &[("result", "rejected")]),
         1.0
     );
-    assert_eq!(metrics.value("weft_discovery_view_info", &[("version", "v1")]), 1.0);
+    assert_eq!(
+        metrics.value("weft_discovery_view_info", &[("version", "v1")]),
+        1.0
+    );
 
     // A valid version after the rejected one applies.
     assert_eq!(push(&m.cp, view("v3", inbound(vec![]))).await.error, "");
     assert_eq!(get_once(m.web.listener, "/").await.status, StatusCode::OK);
-    let acked: Vec<(String, bool)> = m
-        .cp
-        .acks()
-        .into_iter()
-        .map(|a| (a.version, a.error.is_empty()))
-        .collect();
+    let acked: Vec<(String, bool)> =
+        m.cp.acks()
+            .into_iter()
+            .map(|a| (a.version, a.error.is_empty()))
+            .collect();
     assert_eq!(
         acked,
-        [("v1".into(), true), ("v2".into(), false), ("v3".into(), true)]
+        [
+            ("v1".into(), true),
+            ("v2".into(), false),
+            ("v3".into(), true)
+        ]
     );
 }
 
@@ -320,11 +362,18 @@ async fn the_last_view_is_enforced_while_the_control_plane_is_away() {
     let reply = get_once(m.web.listener, "/").await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "still enforcing v1");
     let ready = admin(m.server.admin, Method::GET, "/ready", "").await;
-    assert_eq!(ready.status, StatusCode::OK, "a kept view keeps the pod ready");
+    assert_eq!(
+        ready.status,
+        StatusCode::OK,
+        "a kept view keeps the pod ready"
+    );
 
     m.cp.restart().await;
     let again = m.cp.hello(2).await;
-    assert_eq!(again.hello.current_version, "v1", "the reconnect says what it enforces");
+    assert_eq!(
+        again.hello.current_version, "v1",
+        "the reconnect says what it enforces"
+    );
     assert_eq!(push(&m.cp, view("v2", inbound(vec![]))).await.error, "");
     assert_eq!(get_once(m.web.listener, "/").await.status, StatusCode::OK);
     let metrics = m.server.metrics().await;
@@ -338,7 +387,11 @@ async fn not_ready_until_the_first_view_which_config_then_shows() {
     let app = Upstream::start("app").await;
     let server = server(&cp, app.addr, "inboundMtls: {default: strict}").await;
     let hello = cp.hello(1).await;
-    assert_eq!(hello.caller, orders(), "subscribed with the workload certificate");
+    assert_eq!(
+        hello.caller,
+        orders(),
+        "subscribed with the workload certificate"
+    );
     assert_eq!(
         (hello.hello.namespace.as_str(), hello.hello.pod.as_str()),
         ("shop", "orders-1")
@@ -351,14 +404,18 @@ async fn not_ready_until_the_first_view_which_config_then_shows() {
     // A request arriving before the view waits for it instead of getting through unjudged.
     let client = caller(&cp, "web", &server, "auto").await;
     let early = tokio::spawn(get_once(client.listener, "/early"));
-    eventually(WAIT, "the early request to leave the caller's proxy", || async {
-        client
-            .proxy
-            .metrics()
-            .await
-            .value("weft_requests_total", &[("direction", "outbound")])
-            == 1.0
-    })
+    eventually(
+        WAIT,
+        "the early request to leave the caller's proxy",
+        || async {
+            client
+                .proxy
+                .metrics()
+                .await
+                .value("weft_requests_total", &[("direction", "outbound")])
+                == 1.0
+        },
+    )
     .await;
     // Long enough for the mesh connection to reach the server proxy, which holds it.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
@@ -373,6 +430,11 @@ async fn not_ready_until_the_first_view_which_config_then_shows() {
     let config = admin(server.admin, Method::GET, "/config", "").await;
     let json: serde_json::Value = serde_json::from_slice(&config.body).unwrap();
     assert_eq!(json["view"]["version"], "v1", "{json}");
+    let inbound = json["view"]["inbound"].to_string();
+    assert!(
+        inbound.contains("orders-1") && inbound.contains("deny-web"),
+        "{json}"
+    );
     assert_eq!(json["bootstrap"]["podName"], "orders-1", "{json}");
 }
 

@@ -40,7 +40,11 @@ pub fn drain_stray(ctx: &mut Context<'_>) -> usize {
     stray
 }
 
-pub async fn change(ctx: &mut Context<'_>, change: Change, round: u32) -> anyhow::Result<ChangeResult> {
+pub async fn change(
+    ctx: &mut Context<'_>,
+    change: Change,
+    round: u32,
+) -> anyhow::Result<ChangeResult> {
     let stray = drain_stray(ctx);
     if stray > 0 {
         eprintln!("   {stray} stray events before the change (counted nowhere)");
@@ -151,7 +155,11 @@ pub async fn change(ctx: &mut Context<'_>, change: Change, round: u32) -> anyhow
         disconnects,
         cp_cpu_ms: cp_ticks as f64 * 1e3 / procfs::ticks_per_second() as f64,
         client_cpu_ms: client_cpu.as_secs_f64() * 1e3,
-        update_bytes: if received > 0 { bytes as f64 / received as f64 } else { 0.0 },
+        update_bytes: if received > 0 {
+            bytes as f64 / received as f64
+        } else {
+            0.0
+        },
         counts_match: cp_counted == saw,
         cp_counted,
         proxies_saw: saw,

@@ -72,7 +72,10 @@ struct Running {
 /// One mesh size, start to finish. Must be called from the main thread: the control plane
 /// is started with `PR_SET_PDEATHSIG`, which fires when the *thread* that started it exits.
 pub fn run_size(opts: &Options, proxies: usize, pods: usize) -> anyhow::Result<SizeResult> {
-    anyhow::ensure!(proxies <= pods, "--proxies {proxies} is more than --pods {pods}");
+    anyhow::ensure!(
+        proxies <= pods,
+        "--proxies {proxies} is more than --pods {pods}"
+    );
     raise_fd_limit(proxies)?;
     let dir = tempfile::Builder::new()
         .prefix("weft-propagation-")
@@ -121,10 +124,7 @@ pub fn run_size(opts: &Options, proxies: usize, pods: usize) -> anyhow::Result<S
         },
         &root,
     )?;
-    let mut running = Running {
-        cp,
-        dir: Some(dir),
-    };
+    let mut running = Running { cp, dir: Some(dir) };
     if opts.keep_dir {
         if let Some(dir) = running.dir.take() {
             let kept = dir.keep();
@@ -166,7 +166,13 @@ pub fn run_size(opts: &Options, proxies: usize, pods: usize) -> anyhow::Result<S
             .build()?
     };
     let result = runtime.block_on(drive(
-        opts, &mesh, &mut running, admin, target, certs, proxies,
+        opts,
+        &mesh,
+        &mut running,
+        admin,
+        target,
+        certs,
+        proxies,
     ));
     // Closes every simulated proxy's connection before the control plane is killed.
     drop(runtime);
@@ -264,8 +270,7 @@ async fn drive(
         running.cp.check_alive()?;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cp_cpu_s =
-        (procfs::cpu_ticks(pid)? - cp_before) as f64 / procfs::ticks_per_second() as f64;
+    let cp_cpu_s = (procfs::cpu_ticks(pid)? - cp_before) as f64 / procfs::ticks_per_second() as f64;
     let client_cpu_s = (measure::self_cpu() - self_before).as_secs_f64();
     eprintln!(
         "   {subscribed} subscribed in {seconds:.1} s ({failed} failed); first view {} KiB; CP CPU {cp_cpu_s:.1} s, simulated proxies {client_cpu_s:.1} s",

@@ -93,9 +93,7 @@ pub struct Event {
 }
 
 /// One workload certificate per service account (100 in all), shared by its pods.
-pub fn certificates(
-    ca: &weft_control_plane::ca::Ca,
-) -> anyhow::Result<Vec<Arc<WorkloadCert>>> {
+pub fn certificates(ca: &weft_control_plane::ca::Ca) -> anyhow::Result<Vec<Arc<WorkloadCert>>> {
     (0..mesh::APPS)
         .map(|app| {
             let id = SpiffeId::for_service_account(
@@ -195,7 +193,10 @@ async fn subscribe(
         })),
     })
     .await?;
-    let mut updates = client.subscribe(ReceiverStream::new(rx)).await?.into_inner();
+    let mut updates = client
+        .subscribe(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
     let first = updates
         .message()
         .await?

@@ -31,7 +31,8 @@ impl Percentiles {
         }
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
-        let at = |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
+        let at =
+            |q: f64| sorted[((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
         Percentiles {
             samples: sorted.len(),
             p50_ms: at(0.50),
@@ -109,7 +110,10 @@ pub struct ChangeSummary {
 
 impl ChangeSummary {
     pub fn of(change: Change, rounds: &[&ChangeResult]) -> Self {
-        let all: Vec<f64> = rounds.iter().flat_map(|r| r.samples_ms.iter().copied()).collect();
+        let all: Vec<f64> = rounds
+            .iter()
+            .flat_map(|r| r.samples_ms.iter().copied())
+            .collect();
         let median = |mut v: Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v.get(v.len() / 2).copied().unwrap_or(0.0)
@@ -224,11 +228,7 @@ impl PropagationResults {
             for s in &size.summaries {
                 let met = s.missing == 0 && s.latency.p99_ms < TARGET_P99_MS;
                 targets.push(TargetCheck {
-                    target: format!(
-                        "{}: p99 < 1 s at {} proxies",
-                        s.change.name(),
-                        size.proxies
-                    ),
+                    target: format!("{}: p99 < 1 s at {} proxies", s.change.name(), size.proxies),
                     met: Some(met),
                     detail: format!(
                         "p99 {:.0} ms, max {:.0} ms over {} samples, {} missing",
@@ -273,7 +273,10 @@ impl PropagationResults {
             out,
             "| proxies / pods | change | affected | p50 ms | p99 ms | max ms | all received per round (ms) | CP counted all acks (ms) | unaffected updates | with outbound | CP CPU ms / change | sim. proxies CPU ms / change | update bytes | counters match |"
         );
-        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|");
+        let _ = writeln!(
+            out,
+            "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|"
+        );
         for size in &self.sizes {
             for sum in &size.summaries {
                 let affected = size
@@ -282,7 +285,11 @@ impl PropagationResults {
                     .find(|c| c.change == sum.change)
                     .map(|c| c.expected)
                     .unwrap_or(0);
-                let rounds: Vec<String> = sum.all_received_ms.iter().map(|v| format!("{v:.0}")).collect();
+                let rounds: Vec<String> = sum
+                    .all_received_ms
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect();
                 let acked: Vec<String> = sum.cp_all_acked_ms.iter().map(|v| opt_ms(*v)).collect();
                 let _ = writeln!(
                     out,

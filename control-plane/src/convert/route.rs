@@ -154,8 +154,8 @@ fn route_rule(rule: &RouteRule, at: &str, namespace: &str, errors: &mut Errors) 
     pb::RouteRule {
         matches,
         backends,
-        request_timeout_ms: request.unwrap_or(0),
-        backend_request_timeout_ms: backend_request.unwrap_or(0),
+        request_timeout_ms: request,
+        backend_request_timeout_ms: backend_request,
         name: rule.name.clone().unwrap_or_default(),
     }
 }

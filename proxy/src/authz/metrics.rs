@@ -35,11 +35,11 @@ impl AuthzMetrics {
         m
     }
 
-    pub fn count(&self, target: &str, policy: &str, decision: &'static str) {
+    pub fn count(&self, target: &str, policy: String, decision: &'static str) {
         self.decisions
             .get_or_create(&DecisionLabels {
                 target: target.to_owned(),
-                policy: policy.to_owned(),
+                policy,
                 decision,
             })
             .inc();

@@ -68,11 +68,13 @@ pub struct ConnAuthz {
 }
 
 impl ConnAuthz {
-    /// Decides one HTTP request: `Err` holds the response to send instead of forwarding it.
+    /// Decides one HTTP request: `Some` is the response to send instead of forwarding it.
     /// An allowed request may leave with its path normalized ([`path`]).
-    pub fn check_http<B>(&self, req: &mut Request<B>) -> Result<(), Response<Body>> {
+    pub fn denial<B>(&self, req: &mut Request<B>) -> Option<Response<Body>> {
         if let std::borrow::Cow::Owned(normalized) = path::normalize(req.uri().path()) {
-            set_path(req, &normalized).map_err(ProxyError::into_response)?;
+            if let Err(error) = set_path(req, &normalized) {
+                return Some(error.into_response());
+            }
         }
         let http = HttpRequest {
             method: req.method().as_str(),
@@ -80,14 +82,7 @@ impl ConnAuthz {
             headers: req.headers(),
         };
         let decision = self.decide(Some(http));
-        if decision.allowed {
-            Ok(())
-        } else {
-            Err(response::denied(
-                req.headers(),
-                &decision.decided_by.label(),
-            ))
-        }
+        (!decision.allowed).then(|| response::denied(req.headers(), &decision.decided_by.label()))
     }
 
     /// Decides an opaque TCP connection: `false` means close it without connecting upstream.
@@ -119,18 +114,27 @@ impl ConnAuthz {
 
     /// Counts the decision and what it recorded; logs denials and records.
     fn record(&self, decision: &Decision, http: Option<HttpRequest<'_>>) {
-        let policy = decision.decided_by.label();
         let outcome = if decision.allowed { "allow" } else { "deny" };
-        self.metrics.count(&self.target, &policy, outcome);
+        let policy = decision.decided_by.label();
         if decision.allowed && decision.recorded.is_empty() {
-            return;
+            // The common case: counted, not logged.
+            return self.metrics.count(&self.target, policy, outcome);
         }
         let caller = self.caller.as_ref().map_or("plaintext", SpiffeId::as_str);
         let (method, path) = http.map(|h| (h.method, h.path)).unzip();
         let (target, port) = (self.target.as_str(), self.port);
         if !decision.allowed {
-            tracing::info!(caller, target, port, method, path, policy, "denied by authorization policy");
+            tracing::info!(
+                caller,
+                target,
+                port,
+                method,
+                path,
+                policy,
+                "denied by authorization policy"
+            );
         }
+        self.metrics.count(&self.target, policy, outcome);
         for recorded in &decision.recorded {
             let policy = recorded.policy.to_string();
             let (kind, message) = match recorded.kind {
@@ -140,8 +144,8 @@ impl ConnAuthz {
                     "would be denied by a dry-run authorization policy",
                 ),
             };
-            self.metrics.count(&self.target, &policy, kind);
             tracing::info!(caller, target, port, method, path, policy, "{message}");
+            self.metrics.count(&self.target, policy, kind);
         }
     }
 }

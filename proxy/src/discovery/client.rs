@@ -183,7 +183,10 @@ impl<C: Connect> Subscriber<C> {
             Err(status) => return (false, status.into()),
         };
         self.metrics.connected(true);
-        tracing::info!(enforced = self.current_version(), "subscribed to the view from the control plane");
+        tracing::info!(
+            enforced = self.current_version(),
+            "subscribed to the view from the control plane"
+        );
         let mut delivered = false;
         loop {
             let update = match updates.next().await {

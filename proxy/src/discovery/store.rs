@@ -41,13 +41,20 @@ impl View {
     }
 }
 
-// TEMPORARY until the generated types derive Serialize.
+/// `/config`'s `view`: the version and both parts as received.
+///
+/// The generated types don't derive `Serialize` yet, so the parts are shown as their
+/// `Debug` text. Once `api/build.rs` adds the derive
+/// (`.type_attribute(".", "#[derive(serde::Serialize)]")`), this becomes
+/// `#[derive(serde::Serialize)]` on [`View`] with `#[serde(skip)]` on `authz`.
 impl serde::Serialize for View {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
-        let mut v = s.serialize_struct("View", 1)?;
-        v.serialize_field("version", &self.version)?;
-        v.end()
+        let mut view = s.serialize_struct("View", 3)?;
+        view.serialize_field("version", &self.version)?;
+        view.serialize_field("inbound", &format!("{:?}", self.inbound))?;
+        view.serialize_field("outbound", &format!("{:?}", self.outbound))?;
+        view.end()
     }
 }
 
@@ -179,7 +186,11 @@ mod tests {
         }
     }
 
-    fn update(version: &str, inbound: Option<pb::Inbound>, outbound: Option<pb::Outbound>) -> pb::ViewUpdate {
+    fn update(
+        version: &str,
+        inbound: Option<pb::Inbound>,
+        outbound: Option<pb::Outbound>,
+    ) -> pb::ViewUpdate {
         pb::ViewUpdate {
             version: version.into(),
             inbound,
@@ -192,12 +203,19 @@ mod tests {
         let store = ViewStore::new();
         assert!(!store.is_applied());
         let first = store
-            .apply(update("v1", Some(inbound(pb::MtlsMode::Strict)), Some(service("a"))))
+            .apply(update(
+                "v1",
+                Some(inbound(pb::MtlsMode::Strict)),
+                Some(service("a")),
+            ))
             .unwrap();
         let second = store.apply(update("v2", None, Some(service("b")))).unwrap();
         assert_eq!(second.version, "v2");
         assert_eq!(second.inbound, first.inbound);
-        assert!(Arc::ptr_eq(&second.authz, &first.authz), "not compiled again");
+        assert!(
+            Arc::ptr_eq(&second.authz, &first.authz),
+            "not compiled again"
+        );
         assert_eq!(second.outbound.services[0].name, "b");
         let third = store
             .apply(update("v3", Some(inbound(pb::MtlsMode::Permissive)), None))
@@ -218,7 +236,11 @@ mod tests {
             Err(ApplyError::MissingPart("outbound"))
         ));
         assert!(matches!(
-            store.apply(update("", Some(inbound(pb::MtlsMode::Strict)), Some(service("a")))),
+            store.apply(update(
+                "",
+                Some(inbound(pb::MtlsMode::Strict)),
+                Some(service("a"))
+            )),
             Err(ApplyError::NoVersion)
         ));
         assert!(!store.is_applied());
@@ -228,7 +250,11 @@ mod tests {
     fn a_policy_that_does_not_compile_leaves_the_current_view() {
         let store = ViewStore::new();
         store
-            .apply(update("v1", Some(inbound(pb::MtlsMode::Strict)), Some(service("a"))))
+            .apply(update(
+                "v1",
+                Some(inbound(pb::MtlsMode::Strict)),
+                Some(service("a")),
+            ))
             .unwrap();
         let mut bad = inbound(pb::MtlsMode::Strict);
         bad.policies.push(pb::AuthorizationPolicy {
@@ -253,7 +279,11 @@ mod tests {
     fn the_port_mode_overrides_the_workload_mode_and_unspecified_defers() {
         let store = ViewStore::new();
         let view = store
-            .apply(update("v1", Some(inbound(pb::MtlsMode::Strict)), Some(service("a"))))
+            .apply(update(
+                "v1",
+                Some(inbound(pb::MtlsMode::Strict)),
+                Some(service("a")),
+            ))
             .unwrap();
         assert_eq!(view.mtls_mode(8080), Some(MtlsMode::Permissive));
         assert_eq!(view.mtls_mode(9090), Some(MtlsMode::Strict));
@@ -271,7 +301,11 @@ mod tests {
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
             applying
-                .apply(update("v1", Some(inbound(pb::MtlsMode::Strict)), Some(service("a"))))
+                .apply(update(
+                    "v1",
+                    Some(inbound(pb::MtlsMode::Strict)),
+                    Some(service("a")),
+                ))
                 .unwrap();
         });
         let started = tokio::time::Instant::now();

@@ -72,7 +72,7 @@ impl Forwarder {
         };
         metrics.requests.inc();
         if let Some(authz) = &self.authz {
-            if let Err(denied) = authz.check_http(&mut req) {
+            if let Some(denied) = authz.denial(&mut req) {
                 metrics.response(denied.status(), started.elapsed());
                 return denied;
             }

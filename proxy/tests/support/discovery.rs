@@ -71,10 +71,11 @@ impl TestControlPlane {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots.add(ca.root_der()).unwrap();
-        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .unwrap();
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .unwrap();
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -258,17 +259,18 @@ async fn serve_connection(state: Arc<State>, acceptor: TlsAcceptor, tcp: tokio::
     );
     let identity = IdentityServer::new(Served(state.clone()));
     let discovery = DiscoveryServer::new(Served(state));
-    let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-        req.extensions_mut().insert(caller.clone());
-        let (mut identity, mut discovery) = (identity.clone(), discovery.clone());
-        async move {
-            if req.uri().path().starts_with("/weft.identity.v1.Identity/") {
-                tower::Service::call(&mut identity, req).await
-            } else {
-                tower::Service::call(&mut discovery, req).await
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(caller.clone());
+            let (mut identity, mut discovery) = (identity.clone(), discovery.clone());
+            async move {
+                if req.uri().path().starts_with("/weft.identity.v1.Identity/") {
+                    tower::Service::call(&mut identity, req).await
+                } else {
+                    tower::Service::call(&mut discovery, req).await
+                }
             }
-        }
-    });
+        });
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(stream), service)
         .await;
@@ -312,7 +314,10 @@ impl Discovery for Served {
         &self,
         request: Request<Streaming<pb::SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        let caller = request.extensions().get::<Caller>().and_then(|c| c.0.clone());
+        let caller = request
+            .extensions()
+            .get::<Caller>()
+            .and_then(|c| c.0.clone());
         let Some(caller) = caller else {
             return Err(Status::unauthenticated("no client certificate"));
         };
@@ -324,7 +329,11 @@ impl Discovery for Served {
             return Err(Status::invalid_argument("expected a Hello first"));
         };
         let state = &self.0;
-        state.hellos.lock().unwrap().push(HelloSeen { caller, hello });
+        state
+            .hellos
+            .lock()
+            .unwrap()
+            .push(HelloSeen { caller, hello });
         let (tx, rx) = mpsc::unbounded_channel();
         if let Some(current) = state.current.lock().unwrap().clone() {
             let _ = tx.send(Ok(current));
@@ -369,7 +378,12 @@ pub fn inbound(policies: Vec<pb::AuthorizationPolicy>) -> pb::Inbound {
 
 /// Policy `shop/<name>` with one rule: from these principals (none: anyone) to these paths
 /// (none: any).
-pub fn policy(name: &str, action: pb::Action, principals: &[&str], paths: &[&str]) -> pb::AuthorizationPolicy {
+pub fn policy(
+    name: &str,
+    action: pb::Action,
+    principals: &[&str],
+    paths: &[&str],
+) -> pb::AuthorizationPolicy {
     let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     pb::AuthorizationPolicy {
         namespace: "shop".into(),

@@ -85,7 +85,11 @@ impl TestCa {
     }
 }
 
-fn leaf_params(params: &mut CertificateParams, not_before: OffsetDateTime, not_after: OffsetDateTime) {
+fn leaf_params(
+    params: &mut CertificateParams,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) {
     params.is_ca = IsCa::ExplicitNoCa;
     params.not_before = not_before;
     params.not_after = not_after;

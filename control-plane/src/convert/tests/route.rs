@@ -106,13 +106,15 @@ fn a_weighted_split_with_every_kind_of_match() {
                     backend("canary", "reviews-v3", 9081, 0),
                     backend("shop", "reviews-v1", 9080, 1),
                 ],
-                request_timeout_ms: 10_000,
-                backend_request_timeout_ms: 2_000,
+                request_timeout_ms: Some(10_000),
+                backend_request_timeout_ms: Some(2_000),
                 name: "canary".into(),
             },
             pb::RouteRule {
                 backends: vec![backend("shop", "reviews-v1", 9080, 1_000_000)],
-                backend_request_timeout_ms: 60_000,
+                // "0s": no timeout, kept apart from unset.
+                request_timeout_ms: Some(0),
+                backend_request_timeout_ms: Some(60_000),
                 ..Default::default()
             },
         ],
