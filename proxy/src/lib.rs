@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod tcp;
 pub mod tls;
+pub mod traffic;
 
 /// File watching, shared with the control plane.
 pub use weft_fswatch as fswatch;

@@ -430,9 +430,10 @@ async fn not_ready_until_the_first_view_which_config_then_shows() {
     let config = admin(server.admin, Method::GET, "/config", "").await;
     let json: serde_json::Value = serde_json::from_slice(&config.body).unwrap();
     assert_eq!(json["view"]["version"], "v1", "{json}");
-    let inbound = json["view"]["inbound"].to_string();
-    assert!(
-        inbound.contains("orders-1") && inbound.contains("deny-web"),
+    // The view as structured JSON, not debug text.
+    assert_eq!(json["view"]["inbound"]["pod"], "orders-1", "{json}");
+    assert_eq!(
+        json["view"]["inbound"]["policies"][0]["name"], "deny-web",
         "{json}"
     );
     assert_eq!(json["bootstrap"]["podName"], "orders-1", "{json}");

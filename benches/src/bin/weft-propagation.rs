@@ -65,6 +65,14 @@ struct Args {
     /// Keep each size's temporary directory (manifests, CA, control-plane log).
     #[arg(long)]
     keep_dir: bool,
+    /// Seconds to wait after the control plane is ready, before any proxy connects (to
+    /// attach a profiler: heaptrack -p PID, perf record -p PID).
+    #[arg(long, default_value_t = 0.0)]
+    pause_after_ready: f64,
+    /// Stop (with an error) if the control plane's RSS passes this many MiB while proxies
+    /// subscribe, rather than run the machine out of memory.
+    #[arg(long, default_value_t = 12288)]
+    max_cp_rss_mib: u64,
     /// Where the JSON goes; the Markdown table is written next to it (.md).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/propagation.json"))]
     out: PathBuf,
@@ -95,6 +103,8 @@ fn main() -> anyhow::Result<()> {
         poll: Duration::from_millis(args.poll_ms.max(1)),
         cp_log: args.cp_log.clone(),
         keep_dir: args.keep_dir,
+        max_cp_rss_mib: args.max_cp_rss_mib,
+        pause_after_ready: Duration::from_secs_f64(args.pause_after_ready),
     };
     let mut results = PropagationResults {
         date_utc: harness::utc_now(),

@@ -45,12 +45,22 @@ pub async fn scrape(admin: SocketAddr) -> anyhow::Result<Counters> {
     })
 }
 
-/// Prometheus / OpenMetrics text: `series value` per line, comments skipped.
+/// Whether `/metrics` names the series as documented (`weft_cp_subscribers`, not
+/// `_weft_cp_subscribers`).
+pub async fn names_as_documented(admin: SocketAddr) -> anyhow::Result<bool> {
+    let body = http_get(admin, "/metrics").await?;
+    Ok(body.lines().any(|l| l.starts_with("weft_cp_subscribers ")))
+}
+
+/// Prometheus / OpenMetrics text: `series value` per line, comments skipped. A leading `_`
+/// is dropped: control planes built with `Registry::with_prefix("")` export `_weft_cp_*`
+/// instead of the documented `weft_cp_*` (reported; accepted either way here).
 fn parse(text: &str) -> HashMap<String, f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .filter_map(|l| {
             let (series, value) = l.rsplit_once(' ')?;
+            let series = series.strip_prefix('_').unwrap_or(series);
             Some((series.to_owned(), value.parse().ok()?))
         })
         .collect()

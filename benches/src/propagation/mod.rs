@@ -59,6 +59,10 @@ pub struct Options {
     pub cp_log: String,
     /// Keep the temporary directory (manifests, CA, the control plane's log).
     pub keep_dir: bool,
+    /// Wait this long after `/ready` before any proxy connects (to attach a profiler).
+    pub pause_after_ready: Duration,
+    /// Give up when the control plane's RSS grows past this while proxies subscribe.
+    pub max_cp_rss_mib: u64,
 }
 
 /// The control plane and the directory it runs in. Fields drop in order: the process is
@@ -141,9 +145,16 @@ pub fn run_size(opts: &Options, proxies: usize, pods: usize) -> anyhow::Result<S
     std::thread::sleep(Duration::from_millis(500));
     let ready_mem = procfs::memory(pid)?;
     eprintln!(
-        "   control plane ready after {ready_s:.1} s, RSS {:.1} MiB",
+        "   control plane (pid {pid}) ready after {ready_s:.1} s, RSS {:.1} MiB",
         ready_mem.rss_kib as f64 / 1024.0
     );
+    if !opts.pause_after_ready.is_zero() {
+        eprintln!(
+            "   pausing {:?} (attach a profiler to pid {pid} now)",
+            opts.pause_after_ready
+        );
+        std::thread::sleep(opts.pause_after_ready);
+    }
 
     let certs = Arc::new(proxies::certificates(&ca)?);
     let target = Arc::new(Target {
@@ -268,6 +279,16 @@ async fn drive(
             );
         }
         running.cp.check_alive()?;
+        if (subscribed + failed) % 100 == 0 {
+            let rss = procfs::memory(pid).map(|m| m.rss_kib).unwrap_or(0);
+            anyhow::ensure!(
+                rss <= opts.max_cp_rss_mib * 1024,
+                "the control plane's RSS reached {} MiB with {subscribed} proxies subscribed, over \
+                 --max-cp-rss-mib {}: stopped so the machine does not run out of memory",
+                rss / 1024,
+                opts.max_cp_rss_mib
+            );
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
     let cp_cpu_s = (procfs::cpu_ticks(pid)? - cp_before) as f64 / procfs::ticks_per_second() as f64;
@@ -279,12 +300,20 @@ async fn drive(
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let subscribed_mem = procfs::memory(pid)?;
+    let simulated = procfs::memory(std::process::id())?;
     let cp_counted = cpmetrics::scrape(admin).await?;
+    let metric_names_as_documented = cpmetrics::names_as_documented(admin).await?;
+    if !metric_names_as_documented {
+        eprintln!(
+            "   note: the control plane's /metrics names its series _weft_cp_* (not weft_cp_*)"
+        );
+    }
     eprintln!(
-        "   CP RSS {:.1} MiB (peak {:.1} MiB); it counts {} subscribers",
+        "   CP RSS {:.1} MiB (peak {:.1} MiB); it counts {} subscribers; the simulated proxies' RSS {:.1} MiB",
         subscribed_mem.rss_kib as f64 / 1024.0,
         subscribed_mem.hwm_kib as f64 / 1024.0,
-        cp_counted.subscribers
+        cp_counted.subscribers,
+        simulated.rss_kib as f64 / 1024.0,
     );
     let subscribe = SubscribePhase {
         subscribed,
@@ -333,6 +362,7 @@ async fn drive(
     }
     measure::drain_stray(&mut ctx);
     let end = procfs::memory(pid)?;
+    let simulated = procfs::memory(std::process::id())?;
     let disconnected = (0..count).filter(|p| !live[*p]).count() - failed;
     Ok((
         subscribe,
@@ -343,6 +373,8 @@ async fn drive(
             ready: Default::default(),
             subscribed: subscribed_mem,
             end,
+            metric_names_as_documented,
+            simulated_proxies: simulated,
         },
         disconnected,
     ))

@@ -167,6 +167,10 @@ pub struct ControlPlane {
     pub subscribed: Memory,
     /// After the last change.
     pub end: Memory,
+    /// Whether `/metrics` used the documented names (`weft_cp_*`, not `_weft_cp_*`).
+    pub metric_names_as_documented: bool,
+    /// The benchmark process (every simulated proxy) at the end, for comparison.
+    pub simulated_proxies: Memory,
 }
 
 /// One mesh size.

@@ -18,12 +18,13 @@ use crate::config::MtlsMode;
 
 /// One applied version: the parts as received (shown on `/config`) and the inbound part
 /// compiled for the data path.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct View {
     pub version: String,
     pub inbound: pb::Inbound,
     pub outbound: pb::Outbound,
     /// Shared between versions whose update left the inbound part out.
+    #[serde(skip)]
     pub authz: Arc<WorkloadPolicy>,
 }
 
@@ -38,23 +39,6 @@ impl View {
             .find(|p| p.port == u32::from(port))
             .and_then(|p| mtls_mode(p.mtls_mode));
         port_mode.or_else(|| mtls_mode(self.inbound.mtls_mode))
-    }
-}
-
-/// `/config`'s `view`: the version and both parts as received.
-///
-/// The generated types don't derive `Serialize` yet, so the parts are shown as their
-/// `Debug` text. Once `api/build.rs` adds the derive
-/// (`.type_attribute(".", "#[derive(serde::Serialize)]")`), this becomes
-/// `#[derive(serde::Serialize)]` on [`View`] with `#[serde(skip)]` on `authz`.
-impl serde::Serialize for View {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut view = s.serialize_struct("View", 3)?;
-        view.serialize_field("version", &self.version)?;
-        view.serialize_field("inbound", &format!("{:?}", self.inbound))?;
-        view.serialize_field("outbound", &format!("{:?}", self.outbound))?;
-        view.end()
     }
 }
 

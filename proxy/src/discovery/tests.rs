@@ -277,3 +277,60 @@ async fn stops_when_the_proxy_drains_mid_stream_and_mid_backoff() {
         assert!(!run.metrics.is_connected());
     }
 }
+
+#[test]
+fn discovery_is_on_with_a_pod_name_in_control_plane_mode_only() {
+    use clap::Parser;
+    let settings = |extra: &[&str]| {
+        let mut argv = vec!["weft-proxy"];
+        argv.extend_from_slice(extra);
+        let args = crate::bootstrap::Cli::try_parse_from(argv).unwrap().run;
+        let mode = crate::identity::Mode::from_args(&args.identity).unwrap();
+        super::Settings::from_args(&args, &mode)
+    };
+    let control_plane = [
+        "--control-plane-addr",
+        "cp:15012",
+        "--trust-anchors",
+        "/anchors.pem",
+    ];
+    let with = |more: &[&'static str]| [&control_plane[..], more].concat();
+
+    let off = settings(&with(&[
+        "--namespace",
+        "shop",
+        "--service-account",
+        "orders",
+    ]));
+    assert!(off.unwrap().is_none(), "no --pod-name: no discovery");
+    let on = settings(&with(&[
+        "--namespace",
+        "shop",
+        "--service-account",
+        "orders",
+        "--pod-name",
+        "orders-1",
+    ]))
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        (on.namespace.as_str(), on.pod.as_str()),
+        ("shop", "orders-1")
+    );
+    assert_eq!(on.control_plane.addr, "cp:15012");
+    let from_identity = settings(&with(&[
+        "--identity",
+        "spiffe://td/ns/billing/sa/batch",
+        "--pod-name",
+        "batch-1",
+    ]))
+    .unwrap()
+    .unwrap();
+    assert_eq!(from_identity.namespace, "billing");
+
+    let error = settings(&["--pod-name", "orders-1"]).unwrap_err();
+    assert!(
+        error.to_string().contains("--control-plane-addr"),
+        "{error}"
+    );
+}
