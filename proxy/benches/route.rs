@@ -5,12 +5,51 @@
 //! headers, query parameters); each request is one a mesh would see, with a handful of
 //! ordinary headers.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use weft_api::proto::discovery::v1 as pb;
 use weft_proxy::traffic::route::{Backend, Backends, RouteTable};
+
+/// Counts allocations, so the benchmark can check that `select` and `pick` make none.
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// `f`'s result, after checking that it did not allocate.
+fn without_allocating<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let result = f();
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::Relaxed),
+        before,
+        "{what} allocated"
+    );
+    result
+}
 
 fn path(kind: pb::PathMatchKind, value: &str) -> Option<pb::PathMatch> {
     Some(pb::PathMatch {
@@ -231,7 +270,7 @@ fn select(c: &mut Criterion) {
     let mut group = c.benchmark_group("route_select");
     for (name, table, method, uri, headers, expected) in cases {
         let uri: Uri = uri.parse().unwrap();
-        let chosen = table.select(&method, &uri, &headers);
+        let chosen = without_allocating(name, || table.select(&method, &uri, &headers));
         assert_eq!(chosen.and_then(|r| r.rule_name.as_deref()), expected);
         group.bench_function(name, |b| {
             b.iter(|| {
@@ -255,6 +294,7 @@ fn pick(c: &mut Criterion) {
         .collect();
     let single: Backends = [(backend("v1"), 1)].into_iter().collect();
     let mut rng = fastrand::Rng::with_seed(42);
+    without_allocating("pick", || split.pick(&mut rng).map(|b| b.port));
     let mut group = c.benchmark_group("backends_pick");
     group.bench_function("90_10", |b| {
         b.iter(|| black_box(&split).pick(&mut rng).map(|b| b.port))

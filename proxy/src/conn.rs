@@ -314,6 +314,10 @@ async fn serve_stream<S>(
                     tunnel_idle_timeout: config.tcp_idle_timeout,
                 },
                 authz,
+                services: match route.direction {
+                    Direction::Outbound => shared.authz.as_ref().map(|a| a.views.clone()),
+                    Direction::Inbound => None,
+                },
             });
             let serving = crate::http::server::serve(io, forwarder, config);
             with_idle_timeout(&activity, config.http_idle_timeout, serving).await

@@ -77,6 +77,14 @@ pub enum ErrorKind {
     /// An inbound connection arrived before the first view from the control plane and none
     /// came in time: without its policies the proxy cannot tell whom to let in.
     NoPolicy,
+    /// Routes are attached to the Service and none matched (404).
+    NoRoute,
+    /// The Service has no ready endpoint, or a route's backend is unknown.
+    NoEndpoint,
+    /// A circuit-breaker limit refused the request (503).
+    Overflow,
+    /// The request or backend-request timeout fired (504).
+    Timeout,
 }
 
 impl ErrorKind {
@@ -95,6 +103,10 @@ impl ErrorKind {
             ErrorKind::TlsHandshake => "tls_handshake",
             ErrorKind::PlaintextRefused => "plaintext_refused",
             ErrorKind::NoPolicy => "no_policy",
+            ErrorKind::NoRoute => "no_route",
+            ErrorKind::NoEndpoint => "no_endpoint",
+            ErrorKind::Overflow => "overflow",
+            ErrorKind::Timeout => "timeout",
         }
     }
 }
@@ -133,6 +145,21 @@ pub struct Metrics {
     tcp_write_bytes: Family<TargetLabels, Counter>,
     errors: Family<ErrorLabels, Counter>,
     config_reloads: Family<ReloadLabels, Counter>,
+    retries: Family<RetryLabels, Counter>,
+    budget_exhausted: Family<ServiceLabel, Counter>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RetryLabels {
+    /// `namespace/name:port` of the backend Service.
+    target: String,
+    /// The retry condition that matched (`connect-failure`, `status`, ...).
+    condition: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ServiceLabel {
+    target: String,
 }
 
 impl Metrics {
@@ -149,6 +176,8 @@ impl Metrics {
             tcp_write_bytes: Family::default(),
             errors: Family::default(),
             config_reloads: Family::default(),
+            retries: Family::default(),
+            budget_exhausted: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("weft");
         r.register("requests", "HTTP requests received", m.requests.clone());
@@ -193,7 +222,34 @@ impl Metrics {
             "Config file reloads, by result",
             m.config_reloads.clone(),
         );
+        r.register(
+            "retries",
+            "Requests sent again to a Service, by the condition that allowed it",
+            m.retries.clone(),
+        );
+        r.register(
+            "retry_budget_exhausted",
+            "Retries a Service's retry budget refused (the failure went back to the caller)",
+            m.budget_exhausted.clone(),
+        );
         m
+    }
+
+    pub fn retry(&self, target: &str, condition: &'static str) {
+        self.retries
+            .get_or_create(&RetryLabels {
+                target: target.to_owned(),
+                condition,
+            })
+            .inc();
+    }
+
+    pub fn retry_budget_exhausted(&self, target: &str) {
+        self.budget_exhausted
+            .get_or_create(&ServiceLabel {
+                target: target.to_owned(),
+            })
+            .inc();
     }
 
     /// Handles for one target. `peer` is the mesh identity on the other end (the caller

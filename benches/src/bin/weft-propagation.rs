@@ -65,6 +65,11 @@ struct Args {
     /// Keep each size's temporary directory (manifests, CA, control-plane log).
     #[arg(long)]
     keep_dir: bool,
+    /// Extra environment for the control plane, KEY=VALUE (repeatable), e.g.
+    /// MALLOC_ARENA_MAX=2, or LD_PRELOAD=/usr/lib/heaptrack/libheaptrack_preload.so plus
+    /// DUMP_HEAPTRACK_OUTPUT=FILE to record its heap with heaptrack.
+    #[arg(long, value_parser = parse_env)]
+    cp_env: Vec<(String, String)>,
     /// Seconds to wait after the control plane is ready, before any proxy connects (to
     /// attach a profiler: heaptrack -p PID, perf record -p PID).
     #[arg(long, default_value_t = 0.0)]
@@ -76,6 +81,13 @@ struct Args {
     /// Where the JSON goes; the Markdown table is written next to it (.md).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/propagation.json"))]
     out: PathBuf,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: write KEY=VALUE"))?;
+    Ok((k.to_owned(), v.to_owned()))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -105,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         keep_dir: args.keep_dir,
         max_cp_rss_mib: args.max_cp_rss_mib,
         pause_after_ready: Duration::from_secs_f64(args.pause_after_ready),
+        cp_env: args.cp_env.clone(),
     };
     let mut results = PropagationResults {
         date_utc: harness::utc_now(),

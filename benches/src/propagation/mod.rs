@@ -59,6 +59,9 @@ pub struct Options {
     pub cp_log: String,
     /// Keep the temporary directory (manifests, CA, the control plane's log).
     pub keep_dir: bool,
+    /// Extra environment for the control plane (`KEY=VALUE`), e.g. `MALLOC_ARENA_MAX=2` or
+    /// heaptrack's `LD_PRELOAD` + `DUMP_HEAPTRACK_OUTPUT` to profile its heap.
+    pub cp_env: Vec<(String, String)>,
     /// Wait this long after `/ready` before any proxy connects (to attach a profiler).
     pub pause_after_ready: Duration,
     /// Give up when the control plane's RSS grows past this while proxies subscribe.
@@ -117,11 +120,16 @@ pub fn run_size(opts: &Options, proxies: usize, pods: usize) -> anyhow::Result<S
     .map(|s| s.to_string())
     .collect();
     let started = Instant::now();
+    let env: Vec<(&str, &str)> = opts
+        .cp_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let cp = Managed::spawn(
         "control-plane",
         &opts.control_plane,
         &args,
-        &[],
+        &env,
         Placement {
             core: None,
             sched: Sched::Normal,

@@ -15,6 +15,7 @@ use weft_api::authz::{AuthzError, WorkloadPolicy};
 use weft_api::proto::discovery::v1 as pb;
 
 use crate::config::MtlsMode;
+use crate::traffic::services::{ServiceTable, TableError};
 
 /// One applied version: the parts as received (shown on `/config`) and the inbound part
 /// compiled for the data path.
@@ -26,6 +27,9 @@ pub struct View {
     /// Shared between versions whose update left the inbound part out.
     #[serde(skip)]
     pub authz: Arc<WorkloadPolicy>,
+    /// The outbound part compiled for calls to Services; shared likewise.
+    #[serde(skip)]
+    pub services: Arc<ServiceTable>,
 }
 
 impl View {
@@ -61,6 +65,8 @@ pub enum ApplyError {
     MissingPart(&'static str),
     #[error(transparent)]
     Policy(#[from] AuthzError),
+    #[error(transparent)]
+    Services(#[from] TableError),
 }
 
 #[derive(Default)]
@@ -124,9 +130,14 @@ impl ViewStore {
             (None, Some(previous)) => (previous.inbound.clone(), previous.authz.clone()),
             (None, None) => return Err(ApplyError::MissingPart("inbound")),
         };
-        let outbound = match (update.outbound, &previous) {
-            (Some(outbound), _) => outbound,
-            (None, Some(previous)) => previous.outbound.clone(),
+        let (outbound, services) = match (update.outbound, &previous) {
+            (Some(outbound), previous) => {
+                let empty = ServiceTable::default();
+                let learned = previous.as_ref().map_or(&empty, |p| p.services.as_ref());
+                let services = Arc::new(ServiceTable::build(&outbound, learned)?);
+                (outbound, services)
+            }
+            (None, Some(previous)) => (previous.outbound.clone(), previous.services.clone()),
             (None, None) => return Err(ApplyError::MissingPart("outbound")),
         };
         let view = Arc::new(View {
@@ -134,6 +145,7 @@ impl ViewStore {
             inbound,
             outbound,
             authz,
+            services,
         });
         self.current.store(Some(view.clone()));
         self.applied.notify_waiters();

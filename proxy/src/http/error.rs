@@ -2,6 +2,8 @@
 //! plain-text body saying why and a `weft-proxy-error` header, so a client (and an operator
 //! reading its logs) can tell a proxy failure from the application's own error.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -27,6 +29,22 @@ pub enum ProxyError {
     Loop(String),
     #[error("cannot resolve {authority}: {reason}")]
     Resolve { authority: String, reason: String },
+    #[error("no route of {target} matches the request")]
+    NoRoute { target: String },
+    #[error("route {route} has no usable backend")]
+    NoBackend { route: String },
+    #[error("{target} has no ready endpoint")]
+    NoEndpoints { target: String },
+    #[error("{target}: circuit breaker open ({} limit reached)", .limit.as_str())]
+    Overflow {
+        target: String,
+        limit: crate::traffic::breaker::Overflow,
+    },
+    #[error("{}", .kind.reason(*.limit))]
+    Timeout {
+        kind: crate::traffic::policy::TimeoutKind,
+        limit: Duration,
+    },
 }
 
 impl ProxyError {
@@ -38,6 +56,12 @@ impl ProxyError {
             }
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::Loop(_) => StatusCode::LOOP_DETECTED,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::NoEndpoints { .. } | ProxyError::Overflow { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -47,6 +71,10 @@ impl ProxyError {
             ProxyError::Upstream { .. } => ErrorKind::UpstreamError,
             ProxyError::BadRequest(_) => ErrorKind::BadRequest,
             ProxyError::Loop(_) | ProxyError::Resolve { .. } => ErrorKind::NoDestination,
+            ProxyError::NoRoute { .. } => ErrorKind::NoRoute,
+            ProxyError::NoBackend { .. } | ProxyError::NoEndpoints { .. } => ErrorKind::NoEndpoint,
+            ProxyError::Overflow { .. } => ErrorKind::Overflow,
+            ProxyError::Timeout { .. } => ErrorKind::Timeout,
         }
     }
 
@@ -62,6 +90,15 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::Loop(_) => "loop",
             ProxyError::Resolve { .. } => "resolve-failed",
+            ProxyError::NoRoute { .. } => "no-route",
+            ProxyError::NoBackend { .. } => "no-backend",
+            ProxyError::NoEndpoints { .. } => "no-endpoints",
+            ProxyError::Overflow { limit, .. } => match limit {
+                crate::traffic::breaker::Overflow::Requests => "overflow-requests",
+                crate::traffic::breaker::Overflow::Pending => "overflow-pending",
+                crate::traffic::breaker::Overflow::Connections => "overflow-connections",
+            },
+            ProxyError::Timeout { kind, .. } => kind.as_str(),
         }
     }
 

@@ -20,8 +20,10 @@ use super::Body;
 use crate::authz::ConnAuthz;
 use crate::conn::{with_idle_timeout, ConnScope};
 use crate::connect::connect;
+use crate::discovery::ViewStore;
 use crate::metrics::{Direction, ErrorKind, Metrics, TargetMetrics};
 use crate::tls::Upstream;
+use crate::traffic::services::{ServiceTable, Target};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Where the requests on one connection go.
@@ -58,11 +60,28 @@ pub struct Forwarder {
     pub scope: ConnScope,
     /// Inbound with a view from the control plane: every request is authorized first.
     pub authz: Option<ConnAuthz>,
+    /// Outbound with a view from the control plane: calls to its Services are routed,
+    /// balanced and retried ([`crate::traffic`]).
+    pub services: Option<Arc<ViewStore>>,
 }
 
 impl Forwarder {
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
+        if let Some((table, target)) = self.service_for(&req) {
+            let metrics = self.metrics.for_target(self.direction, &target.label, None);
+            metrics.requests.inc();
+            let rsp = match crate::traffic::call::call(self, &table, &target, req).await {
+                Ok(rsp) => rsp,
+                Err(error) => {
+                    tracing::info!(%error, target = %target.label, "request failed");
+                    metrics.error(error.kind());
+                    error.into_response()
+                }
+            };
+            metrics.response(rsp.status(), started.elapsed());
+            return rsp;
+        }
         let (target, metrics) = match self.resolve(&req).await {
             Ok(resolved) => resolved,
             Err(error) => {
@@ -87,6 +106,30 @@ impl Forwarder {
         };
         metrics.response(rsp.status(), started.elapsed());
         rsp
+    }
+
+    /// The meshed Service a request is for, when the view knows its destination: the
+    /// original destination's cluster IP (transparent mode) or the host a forward-proxy
+    /// request names (local mode). Upgrades and `CONNECT` keep the plain path.
+    fn service_for(&self, req: &Request<Incoming>) -> Option<(Arc<ServiceTable>, Arc<Target>)> {
+        let views = self.services.as_ref()?;
+        if req.method() == Method::CONNECT || is_upgrade_request(req.headers()) {
+            return None;
+        }
+        let table = views.load().as_ref()?.services.clone();
+        let target = match &self.destination {
+            Destination::Fixed { upstream, .. } if upstream.identity.is_none() => {
+                table.by_addr(upstream.addr)?.clone()
+            }
+            Destination::Fixed { .. } => return None,
+            Destination::FromRequest => {
+                let authority = req.uri().authority()?;
+                table
+                    .by_host(authority.host(), authority.port_u16().unwrap_or(80))?
+                    .clone()
+            }
+        };
+        Some((table, target))
     }
 
     /// The request's upstream and metrics: borrowed from the connection when fixed, made per
@@ -114,12 +157,25 @@ impl Forwarder {
     async fn forward(
         &self,
         target: &Upstream,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
-        use http_body_util::BodyExt;
         if req.method() == Method::CONNECT && matches!(self.destination, Destination::FromRequest) {
             return self.tunnel(target, req).await;
         }
+        self.forward_to(target, req).await
+    }
+
+    /// Sends `req` to `target` through the pool, converting between HTTP versions as the hop
+    /// needs, and passes an upgrade through.
+    pub async fn forward_to<B>(
+        &self,
+        target: &Upstream,
+        mut req: Request<B>,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static,
+    {
+        use http_body_util::BodyExt;
         let upgrade = self.version == Version::Http1 && is_upgrade_request(req.headers());
         // Only the mesh hop may carry the marker; whatever arrives with it is restored.
         let crossed_as_h1 = req

@@ -322,7 +322,9 @@ struct Pick {
 }
 
 /// A Service's balancer: its policy and round-robin cursor. The endpoint set is the
-/// caller's (the current view's), passed to every [`Balancer::choose`].
+/// caller's (the current view's), passed to every [`Balancer::choose`]. What is learned
+/// (latency, failures, ejections) lives in the endpoints, so a policy change simply builds
+/// a new balancer; only the round-robin position starts over.
 #[derive(Debug)]
 pub struct Balancer {
     kind: LoadBalancer,

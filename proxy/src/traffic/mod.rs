@@ -13,3 +13,5 @@ pub mod policy;
 pub mod balance;
 pub mod breaker;
 pub mod outlier;
+pub mod services;
+pub mod call;

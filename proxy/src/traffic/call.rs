@@ -1,0 +1,256 @@
+//! One call to a meshed Service, in the order the concerns apply:
+//!
+//! 1. the Service's circuit breaker admits the request or refuses it at once (503);
+//! 2. routing: with routes attached, the matching rule picks a weighted backend Service, and
+//!    no match is a 404 (GAMMA); without routes the Service itself is the backend;
+//! 3. the body is buffered when a retry could need it again and it is small enough;
+//! 4. each attempt: the backend's balancer picks an endpoint, the request goes to it (mTLS
+//!    with its identity when it is meshed) bounded by the try timeout, and the outcome feeds
+//!    the endpoint's latency estimate and outlier state;
+//! 5. a retryable failure is retried after a jittered backoff if attempts and the Service's
+//!    retry budget allow;
+//! 6. the whole of it is bounded by the request timeout (504 naming which timeout fired).
+//!
+//! The retry policy and timeouts are the called Service's (its TrafficPolicy, with the
+//! route's timeouts winning); endpoints, balancing and outlier ejection are the backend's.
+//! Timeouts bound the wait for the response head; a response that has started streams.
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{header, Request, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::balance::Outcome;
+use super::policy::TimeoutKind;
+use super::retry::Attempt;
+use super::services::{ServiceState, ServiceTable, Target};
+use crate::http::error::{full, ProxyError};
+use crate::http::forward::Forwarder;
+use crate::http::Body;
+use crate::tls::Upstream;
+
+/// Calls `target`, a Service port from `table`.
+pub async fn call(
+    fwd: &Forwarder,
+    table: &ServiceTable,
+    target: &Arc<Target>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ProxyError> {
+    let service = &target.service;
+    let _admitted = service
+        .breaker
+        .try_request()
+        .map_err(|limit| ProxyError::Overflow {
+            target: target.label.clone(),
+            limit,
+        })?;
+    let mut rng = fastrand::Rng::new();
+    let (backend, timeouts) = if target.routes.is_empty() {
+        (target.clone(), service.settings.timeouts)
+    } else {
+        let rule = target
+            .routes
+            .select(req.method(), req.uri(), req.headers())
+            .ok_or_else(|| ProxyError::NoRoute {
+                target: target.label.clone(),
+            })?;
+        let backend = rule
+            .backends
+            .pick(&mut rng)
+            .and_then(|b| table.by_name(&b.namespace, &b.name, b.port))
+            .cloned()
+            .ok_or_else(|| ProxyError::NoBackend {
+                route: rule.route.to_string(),
+            })?;
+        let timeouts = service
+            .settings
+            .timeouts
+            .with_route(rule.request_timeout, rule.backend_request_timeout);
+        (backend, timeouts)
+    };
+    let try_timeout = service.settings.try_timeout(&timeouts);
+    let attempts = attempts(fwd, service, &backend, req, try_timeout, &mut rng);
+    match timeouts.request {
+        Some(limit) => {
+            tokio::time::timeout(limit, attempts)
+                .await
+                .unwrap_or(Err(ProxyError::Timeout {
+                    kind: TimeoutKind::Request,
+                    limit,
+                }))
+        }
+        None => attempts.await,
+    }
+}
+
+/// The request body: kept to be sent again, or streamed once.
+enum Payload {
+    Replayable(Bytes),
+    Once(Option<Incoming>),
+}
+
+impl Payload {
+    fn take(&mut self) -> Option<Body> {
+        match self {
+            Payload::Replayable(bytes) => Some(full(bytes.clone())),
+            Payload::Once(body) => body.take().map(|b| b.boxed_unsync()),
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        matches!(self, Payload::Replayable(_))
+    }
+}
+
+async fn attempts(
+    fwd: &Forwarder,
+    service: &ServiceState,
+    backend: &Target,
+    req: Request<Incoming>,
+    try_timeout: Option<Duration>,
+    rng: &mut fastrand::Rng,
+) -> Result<Response<Body>, ProxyError> {
+    let policy = &service.settings.retry;
+    service.budget.deposit(Instant::now());
+    let (parts, body) = req.into_parts();
+    let mut payload = if policy.attempts > 0 {
+        buffer(&parts, body, policy.max_buffered_body).await?
+    } else {
+        Payload::Once(Some(body))
+    };
+    let mut retries = 0;
+    loop {
+        let endpoint = backend
+            .service
+            .balancer
+            .choose(&backend.endpoints, Instant::now(), rng)
+            .ok_or_else(|| ProxyError::NoEndpoints {
+                target: backend.label.clone(),
+            })?;
+        let upstream = Upstream {
+            addr: endpoint.addr,
+            identity: endpoint.identity.clone(),
+        };
+        let in_flight = endpoint.start(Instant::now());
+        let Some(body) = payload.take() else {
+            // A streamed body is gone after the first try; the loop only repeats when it
+            // was replayable.
+            return Err(ProxyError::BadRequest("request body already sent".into()));
+        };
+        let req = Request::from_parts(clone_parts(&parts), body);
+        let sent = fwd.forward_to(&upstream, req);
+        let result = match try_timeout {
+            Some(limit) => match tokio::time::timeout(limit, sent).await {
+                Ok(result) => result,
+                Err(_) => Err(ProxyError::Timeout {
+                    kind: TimeoutKind::BackendRequest,
+                    limit,
+                }),
+            },
+            None => sent.await,
+        };
+        let (response, attempt) = match result {
+            Ok(rsp) => {
+                let (head, body) = rsp.into_parts();
+                let failed = head.status.is_server_error();
+                in_flight.finish(
+                    Instant::now(),
+                    if failed {
+                        Outcome::Failure
+                    } else {
+                        Outcome::Success
+                    },
+                );
+                (Ok((head, body)), None)
+            }
+            Err(error) => {
+                in_flight.finish(Instant::now(), Outcome::Failure);
+                let attempt = classify(&error);
+                (Err(error), Some(attempt))
+            }
+        };
+        let retry_for = match (&response, &attempt) {
+            (Ok((head, _)), _) => policy.should_retry(&parts.method, &Attempt::Response(head)),
+            (Err(_), Some(attempt)) => policy.should_retry(&parts.method, attempt),
+            (Err(_), None) => None,
+        };
+        let wants_retry = retry_for.is_some() && payload.replayable() && retries < policy.attempts;
+        if wants_retry && service.budget.try_withdraw(Instant::now()) {
+            retries += 1;
+            let condition = retry_for.map(|c| c.as_str()).unwrap_or("");
+            tracing::debug!(target = %backend.label, endpoint = %upstream.addr, retries, condition, "retrying");
+            fwd.metrics.retry(&backend.label, condition);
+            tokio::time::sleep(policy.backoff(retries, rng)).await;
+            continue;
+        }
+        if wants_retry {
+            tracing::info!(target = %backend.label, "retry budget exhausted; returning the failure");
+            fwd.metrics.retry_budget_exhausted(&backend.label);
+        }
+        return response.map(|(head, body)| Response::from_parts(head, body));
+    }
+}
+
+/// Buffers the body for retries when it is known to fit (`Content-Length`) or turns out to
+/// fit while read; a body that is larger, or of unknown size and larger, is sent once.
+async fn buffer(parts: &Parts, body: Incoming, limit: usize) -> Result<Payload, ProxyError> {
+    use http_body::Body as _;
+    if body.is_end_stream() {
+        return Ok(Payload::Replayable(Bytes::new()));
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let known_small = declared.is_some_and(|n| n <= limit as u64);
+    if !known_small {
+        // Unknown or too large: reading it to find out would hold the whole body (and the
+        // caller) before the first byte goes upstream. Stream it and give up retries.
+        return Ok(Payload::Once(Some(body)));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(Payload::Replayable(collected.to_bytes())),
+        Err(error) => Err(ProxyError::BadRequest(format!(
+            "reading the request body failed: {error}"
+        ))),
+    }
+}
+
+/// The head of a request, for one more attempt. Extensions are not copied: nothing the
+/// upstream side reads lives there (upgrades, whose hook does, never take this path).
+fn clone_parts(parts: &Parts) -> Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = parts.uri.clone();
+    *req.version_mut() = parts.version;
+    *req.headers_mut() = parts.headers.clone();
+    req.into_parts().0
+}
+
+/// What kind of failure an error was, for the retry conditions.
+fn classify(error: &ProxyError) -> Attempt<'static> {
+    match error {
+        ProxyError::Connect(_) => Attempt::ConnectFailed,
+        ProxyError::Timeout { .. } => Attempt::Timeout,
+        ProxyError::Upstream { source, .. } if refused_stream(source) => Attempt::RefusedStream,
+        _ => Attempt::Reset,
+    }
+}
+
+fn refused_stream(error: &hyper::Error) -> bool {
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        if let Some(h2) = inner.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        cause = inner.source();
+    }
+    false
+}
