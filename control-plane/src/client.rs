@@ -42,15 +42,22 @@ pub fn client_config(
     bundle: &[CertificateDer<'_>],
     server_identity: SpiffeId,
 ) -> Result<ClientConfig, BundleError> {
+    let mut config = builder(bundle, server_identity)?.with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// TLS 1.3 with the control plane's identity checked; the client side still to choose.
+fn builder(
+    bundle: &[CertificateDer<'_>],
+    server_identity: SpiffeId,
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>, BundleError> {
     let verifier = verifier(bundle, server_identity)?;
-    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
+    Ok(ClientConfig::builder_with_provider(crate::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("ring supports TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
+        .with_custom_certificate_verifier(Arc::new(verifier)))
 }
 
 /// A gRPC client for the Identity service at `addr`, over TLS verified as above.
@@ -94,13 +101,8 @@ pub async fn connect_discovery(
     server_identity: SpiffeId,
     cert: WorkloadCert,
 ) -> anyhow::Result<DiscoveryClient<Channel>> {
-    let verifier = verifier(bundle, server_identity)?;
-    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("ring supports TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(cert.chain, cert.key)?;
+    let mut config =
+        builder(bundle, server_identity)?.with_client_auth_cert(cert.chain, cert.key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(DiscoveryClient::new(channel(addr, config).await?))
 }

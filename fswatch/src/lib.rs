@@ -39,18 +39,7 @@ impl Changes {
 pub fn watch<'a>(
     files: impl IntoIterator<Item = &'a Path>,
 ) -> Result<(RecommendedWatcher, Changes), WatchError> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.as_ref().is_ok_and(|e| !changes_files(e.kind)) {
-            return;
-        }
-        // The receiver goes away only when nobody wants changes any more.
-        let _ = tx.send(());
-    })
-    .map_err(|source| WatchError {
-        path: PathBuf::from("."),
-        source,
-    })?;
+    let (mut watcher, changes) = watcher(Path::new("."))?;
     let mut dirs: Vec<PathBuf> = files.into_iter().map(dir_of).collect();
     dirs.sort();
     dirs.dedup();
@@ -62,28 +51,36 @@ pub fn watch<'a>(
                 source,
             })?;
     }
-    Ok((watcher, Changes { rx }))
+    Ok((watcher, changes))
 }
 
 /// Watches `dir` and everything below it (a manifest directory, a GitOps checkout).
 pub fn watch_tree(dir: &Path) -> Result<(RecommendedWatcher, Changes), WatchError> {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.as_ref().is_ok_and(|e| !changes_files(e.kind)) {
-            return;
-        }
-        let _ = tx.send(());
-    })
-    .map_err(|source| WatchError {
-        path: dir.to_owned(),
-        source,
-    })?;
+    let (mut watcher, changes) = watcher(dir)?;
     watcher
         .watch(dir, RecursiveMode::Recursive)
         .map_err(|source| WatchError {
             path: dir.to_owned(),
             source,
         })?;
+    Ok((watcher, changes))
+}
+
+/// A watcher reporting events that can mean new contents, watching nothing yet. `path` only
+/// names the failure.
+fn watcher(path: &Path) -> Result<(RecommendedWatcher, Changes), WatchError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.as_ref().is_ok_and(|e| !changes_files(e.kind)) {
+            return;
+        }
+        // The receiver goes away only when nobody wants changes any more.
+        let _ = tx.send(());
+    })
+    .map_err(|source| WatchError {
+        path: path.to_owned(),
+        source,
+    })?;
     Ok((watcher, Changes { rx }))
 }
 
