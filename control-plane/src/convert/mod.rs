@@ -84,7 +84,9 @@ impl Errors {
     /// Compiles `pattern` with the `regex` crate (the proxy's engine), reporting a failure
     /// at `field`.
     pub(crate) fn regex(&mut self, field: &str, pattern: &str) {
-        if let Err(e) = regex::Regex::new(pattern) {
+        // The proxy's dialect: bytes, ASCII classes (no \p{..}); accepting more here would
+        // pass a route the proxy then rejects.
+        if let Err(e) = regex::bytes::RegexBuilder::new(pattern).unicode(false).build() {
             // The parser's message is several lines (the pattern, a caret, then
             // "error: ..."); the last line is the useful part.
             let text = e.to_string();
