@@ -9,8 +9,12 @@
 //!   test (weft-proxy, Envoy) pinned to their own core, drives `weft-load` against each chain,
 //!   samples the proxies' CPU time and memory from `/proc`, and writes a table and JSON.
 //!
+//! `weft-balance` ([`balance`]) compares the proxy's load balancers with one slow endpoint,
+//! through the real control plane.
+//!
 //! It is a benchmark, not a test: it reports numbers and never fails on a slow machine.
 
+pub mod balance;
 pub mod clock;
 pub mod harness;
 pub mod load;

@@ -1,9 +1,13 @@
-//! `weftctl`, the operator's CLI: a proxy's view (`proxy-config`) and the mesh's health
-//! (`check`). `stat`, `inject`, `install` and `authz explain` come next.
+//! `weftctl`, the operator's CLI: the manifests a cluster needs (`install`), offline sidecar
+//! injection (`inject`), a proxy's view (`proxy-config`) and the mesh's health (`check`).
+//! `stat` and `authz explain` come next. Usage: docs/weftctl.md.
 
 mod check;
+mod inject;
+mod install;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -44,6 +48,39 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:15020")]
         admin: SocketAddr,
     },
+    /// Add the Weft sidecar to the workloads in Kubernetes YAML, offline.
+    ///
+    /// Reads a multi-document YAML stream and writes it to stdout with every Pod, Deployment,
+    /// StatefulSet, DaemonSet, ReplicaSet, Job and CronJob (and such objects in a `kind:
+    /// List`) meshed by the same mutation as the webhook. Every other document, and every
+    /// workload left alone, is written back byte for byte. A workload stays as it is when its
+    /// pod template says `weft.dev/inject: disabled`, is already injected, or uses
+    /// hostNetwork; stderr says which and why. On an error nothing is written to stdout.
+    ///
+    /// Example: weftctl inject -f deploy.yaml | kubectl apply -f -
+    #[command(verbatim_doc_comment)]
+    Inject {
+        /// The YAML to read; `-` (the default) reads stdin.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            value_name = "FILE",
+            default_value = "-"
+        )]
+        file: PathBuf,
+        #[command(flatten)]
+        args: inject::InjectArgs,
+    },
+    /// Print every manifest a cluster needs to run Weft.
+    ///
+    /// The weft-system namespace, the CRDs, RBAC, the control plane and the injector
+    /// (Deployments and Services), the MutatingWebhookConfiguration, and Secrets holding a
+    /// new mesh root CA and the webhook's serving certificate (generated now, unless
+    /// --ca-dir keeps them). The output contains private keys: apply it, don't commit it.
+    ///
+    /// Example: weftctl install --ca-dir ~/.weft/prod | kubectl apply -f -
+    #[command(verbatim_doc_comment)]
+    Install(install::InstallArgs),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -53,6 +90,8 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Command::Check {
             control_plane_admin,
         } => return Ok(check::run(control_plane_admin).await),
+        Command::Inject { file, args } => inject::run(&file, &args)?,
+        Command::Install(args) => install::run(&args)?,
         Command::ProxyConfig { admin } => {
             let body = tokio::time::timeout(DEFAULT_ADMIN_TIMEOUT, get(admin, "/config"))
                 .await

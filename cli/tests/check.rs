@@ -44,9 +44,18 @@ async fn check_reports_invalid_objects_and_passes_once_fixed() {
         .expect("control plane");
     let admin = cp.admin_addr.expect("admin server");
 
-    let (ok, out) = tokio::task::spawn_blocking(move || check(admin))
-        .await
-        .expect("join");
+    // `start` returns before the manifest directory's first state is published; until
+    // then /ready says 503 (and check says so). Wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (ok, out) = loop {
+        let (ok, out) = tokio::task::spawn_blocking(move || check(admin))
+            .await
+            .expect("join");
+        if !out.contains("waiting for the first cluster state") || Instant::now() > deadline {
+            break (ok, out);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(!ok, "an invalid object fails the check:\n{out}");
     assert!(out.contains("✓ control plane"), "{out}");
     assert!(out.contains("✗ 1 invalid object(s)"), "{out}");

@@ -39,6 +39,8 @@ pub enum Command {
     Run,
     /// Write the iptables rules that redirect a pod's traffic through the proxy.
     Init(InitArgs),
+    /// Wait until the proxy's /ready answers 200 (the injector's postStart hook).
+    WaitReady(crate::wait_ready::WaitReadyArgs),
 }
 
 /// How the proxy learns where a connection was going.

@@ -27,6 +27,7 @@ pub mod orig_dst;
 pub mod tcp;
 pub mod tls;
 pub mod traffic;
+pub mod wait_ready;
 
 /// File watching, shared with the control plane.
 pub use weft_fswatch as fswatch;

@@ -18,6 +18,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Some(Command::WaitReady(args)) => match weft_proxy::wait_ready::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("weft-proxy wait-ready: {error}");
+                ExitCode::FAILURE
+            }
+        },
         Some(Command::Run) | None => match serve(cli.run) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

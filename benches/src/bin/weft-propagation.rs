@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use weft_bench::harness;
+use weft_bench::propagation::mesh::Change;
 use weft_bench::propagation::results::{PropagationResults, Settings};
 use weft_bench::propagation::{self, Options};
 
@@ -37,6 +38,15 @@ struct Args {
     /// Rounds of each change (selective, mesh-wide).
     #[arg(long, default_value_t = 5)]
     rounds: u32,
+    /// The changes made in each round: selective (a policy selecting app-7, 1 % of the
+    /// pods), mesh-wide (a policy selecting every pod), endpoints (one endpoint's readiness
+    /// flips: the outbound view every proxy holds changes and is re-sent whole to every
+    /// proxy; opt-in because that takes seconds per thousand proxies, see the README).
+    #[arg(long, value_delimiter = ',', default_value = "selective,mesh-wide", value_parser = parse_change)]
+    changes: Vec<Change>,
+    /// Before each size, wait up to this many seconds for the machine to be under 25 % busy.
+    #[arg(long, default_value_t = 60)]
+    quiet_wait: u64,
     /// Proxies connecting (and receiving their first view) at once.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
@@ -83,6 +93,17 @@ struct Args {
     out: PathBuf,
 }
 
+fn parse_change(text: &str) -> Result<Change, String> {
+    match text {
+        "selective" => Ok(Change::Selective),
+        "mesh-wide" => Ok(Change::MeshWide),
+        "endpoints" => Ok(Change::Endpoints),
+        other => Err(format!(
+            "{other:?}: the changes are selective, mesh-wide and endpoints"
+        )),
+    }
+}
+
 fn parse_env(text: &str) -> Result<(String, String), String> {
     let (k, v) = text
         .split_once('=')
@@ -107,6 +128,8 @@ fn main() -> anyhow::Result<()> {
     let opts = Options {
         control_plane: control_plane.clone(),
         rounds: args.rounds,
+        changes: args.changes.clone(),
+        quiet_wait: Duration::from_secs(args.quiet_wait),
         connect_concurrency: args.connect_concurrency.max(1),
         client_threads: args.client_threads.max(1),
         change_timeout: Duration::from_secs_f64(args.change_timeout),
@@ -124,6 +147,7 @@ fn main() -> anyhow::Result<()> {
         machine: harness::machine(),
         settings: Settings {
             rounds: opts.rounds,
+            changes: opts.changes.clone(),
             connect_concurrency: opts.connect_concurrency,
             client_threads: opts.client_threads,
             change_timeout_s: args.change_timeout,
@@ -131,6 +155,11 @@ fn main() -> anyhow::Result<()> {
             poll_ms: args.poll_ms,
             control_plane: control_plane.display().to_string(),
             control_plane_log: args.cp_log,
+            control_plane_env: args
+                .cp_env
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
         },
         sizes: Vec::new(),
         targets: Vec::new(),

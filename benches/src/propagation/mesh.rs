@@ -6,6 +6,9 @@
 //! * `app-7-callers` selects `app: app-7` only — a selective change reaches 1 % of the pods;
 //! * `mesh-callers` has no selector — a mesh-wide change reaches every pod of the namespace.
 //!
+//! The opt-in endpoint change rewrites `services.yaml` with pod-0's endpoint flipped between
+//! ready and not ready: the outbound view changes, for every proxy.
+//!
 //! Policies are replaced the way a GitOps checkout or `kubectl cp` does it: written to a
 //! file outside the watched directory, then renamed over the old one (one inotify event).
 
@@ -32,6 +35,9 @@ pub enum Change {
     Selective,
     /// `mesh-callers`: affects every pod.
     MeshWide,
+    /// pod-0's endpoint in svc-0 flips between ready and not ready: the outbound view, which
+    /// every proxy holds, changes for every proxy.
+    Endpoints,
 }
 
 impl Change {
@@ -39,13 +45,20 @@ impl Change {
         match self {
             Change::Selective => "selective (app-7, 1 %)",
             Change::MeshWide => "mesh-wide (100 %)",
+            Change::Endpoints => "endpoint ready flip (100 %)",
         }
+    }
+
+    /// Whether the change is a policy edit (inbound views only).
+    pub fn is_policy(self) -> bool {
+        !matches!(self, Change::Endpoints)
     }
 
     fn file(self) -> &'static str {
         match self {
             Change::Selective => "policy-app-7.yaml",
             Change::MeshWide => "policy-mesh.yaml",
+            Change::Endpoints => "services.yaml",
         }
     }
 
@@ -53,10 +66,19 @@ impl Change {
     pub fn affects(self, pod: usize) -> bool {
         match self {
             Change::Selective => app_of(pod) == SELECTED_APP,
-            Change::MeshWide => true,
+            Change::MeshWide | Change::Endpoints => true,
         }
     }
 }
+
+/// Whether pod-0's endpoint is ready in `round` of [`Change::Endpoints`] (ready at start).
+pub fn endpoint_ready(round: u32) -> bool {
+    round % 2 == 0
+}
+
+/// The Service and the workload whose endpoint [`Change::Endpoints`] flips.
+pub const FLIPPED_SERVICE: &str = "svc-0";
+pub const FLIPPED_WORKLOAD: &str = "bench/pod-0";
 
 pub fn app_of(pod: usize) -> usize {
     pod % APPS
@@ -79,7 +101,7 @@ fn pod_ip(pod: usize) -> String {
 pub fn principal(change: Change, round: u32) -> String {
     let which = match change {
         Change::Selective => "sel",
-        Change::MeshWide => "mesh",
+        Change::MeshWide | Change::Endpoints => "mesh",
     };
     format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/caller-{which}-{round}")
 }
@@ -105,7 +127,7 @@ impl Mesh {
         std::fs::create_dir_all(&manifests)?;
         std::fs::create_dir_all(&staging)?;
         std::fs::write(manifests.join("pods.yaml"), pods_yaml(pods))?;
-        std::fs::write(manifests.join("services.yaml"), services_yaml(pods))?;
+        std::fs::write(manifests.join("services.yaml"), services_yaml(pods, 0))?;
         let mesh = Mesh {
             manifests,
             staging,
@@ -120,7 +142,11 @@ impl Mesh {
     /// Stages the policy of `change` for `round`; [`Staged::commit`] renames it into place.
     pub fn stage(&self, change: Change, round: u32) -> std::io::Result<Staged> {
         let from = self.staging.join(change.file());
-        std::fs::write(&from, policy_yaml(change, round))?;
+        let text = match change {
+            Change::Endpoints => services_yaml(self.pods, round),
+            _ => policy_yaml(change, round),
+        };
+        std::fs::write(&from, text)?;
         Ok(Staged {
             from,
             to: self.manifests.join(change.file()),
@@ -169,7 +195,7 @@ spec:
     out
 }
 
-fn services_yaml(pods: usize) -> String {
+fn services_yaml(pods: usize, round: u32) -> String {
     let mut out = String::new();
     for app in 0..APPS {
         let _ = write!(
@@ -200,9 +226,10 @@ endpoints:
             out.push_str("  []\n");
         }
         for pod in members {
+            let ready = pod != 0 || endpoint_ready(round);
             let _ = write!(
                 out,
-                "- addresses: [{ip}]\n  conditions: {{ready: true}}\n  targetRef: {{kind: Pod, name: {name}, namespace: {NAMESPACE}}}\n",
+                "- addresses: [{ip}]\n  conditions: {{ready: {ready}}}\n  targetRef: {{kind: Pod, name: {name}, namespace: {NAMESPACE}}}\n",
                 ip = pod_ip(pod),
                 name = pod_name(pod),
             );
@@ -217,7 +244,7 @@ fn policy_yaml(change: Change, round: u32) -> String {
             SELECTIVE_POLICY,
             format!("  selector: {{matchLabels: {{app: app-{SELECTED_APP}}}}}\n"),
         ),
-        Change::MeshWide => (MESH_POLICY, String::new()),
+        Change::MeshWide | Change::Endpoints => (MESH_POLICY, String::new()),
     };
     format!(
         r#"apiVersion: policy.weft.dev/v1alpha1

@@ -17,6 +17,7 @@
 //! A benchmark, not a test: it reports and never fails because the machine is slow. Every
 //! wait has a deadline.
 
+pub mod cplog;
 pub mod cpmetrics;
 pub mod measure;
 pub mod mesh;
@@ -45,6 +46,8 @@ use results::{ChangeSummary, ControlPlane, Percentiles, SizeResult, SubscribePha
 pub struct Options {
     pub control_plane: PathBuf,
     pub rounds: u32,
+    /// The changes made in each round, in order.
+    pub changes: Vec<Change>,
     pub connect_concurrency: usize,
     /// Worker threads of the simulated proxies' runtime (1: a current-thread runtime).
     pub client_threads: usize,
@@ -62,6 +65,8 @@ pub struct Options {
     /// Extra environment for the control plane (`KEY=VALUE`), e.g. `MALLOC_ARENA_MAX=2` or
     /// heaptrack's `LD_PRELOAD` + `DUMP_HEAPTRACK_OUTPUT` to profile its heap.
     pub cp_env: Vec<(String, String)>,
+    /// Before each size, wait up to this long for the machine to be less than 25 % busy.
+    pub quiet_wait: Duration,
     /// Wait this long after `/ready` before any proxy connects (to attach a profiler).
     pub pause_after_ready: Duration,
     /// Give up when the control plane's RSS grows past this while proxies subscribe.
@@ -84,6 +89,7 @@ pub fn run_size(opts: &Options, proxies: usize, pods: usize) -> anyhow::Result<S
         "--proxies {proxies} is more than --pods {pods}"
     );
     raise_fd_limit(proxies)?;
+    let machine_busy_before = crate::harness::quiet::wait_until_quiet(0.25, opts.quiet_wait);
     let dir = tempfile::Builder::new()
         .prefix("weft-propagation-")
         .tempdir()
@@ -113,8 +119,10 @@ pub fn run_size(opts: &Options, proxies: usize, pods: usize) -> anyhow::Result<S
         &admin.to_string(),
         "--trust-domain",
         mesh::TRUST_DOMAIN,
+        "--log-format",
+        "json",
         "--log",
-        &opts.cp_log,
+        &cplog::filter(&opts.cp_log),
     ]
     .iter()
     .map(|s| s.to_string())
@@ -197,8 +205,11 @@ pub fn run_size(opts: &Options, proxies: usize, pods: usize) -> anyhow::Result<S
     drop(runtime);
     let (subscribe, changes, control_plane, disconnected_at_end) = result?;
     drop(running);
-    let summaries = [Change::Selective, Change::MeshWide]
-        .into_iter()
+    let summaries = opts
+        .changes
+        .iter()
+        .copied()
+        .filter(|c| changes.iter().any(|r| r.change == *c))
         .map(|c| {
             let rounds: Vec<_> = changes.iter().filter(|r| r.change == c).collect();
             ChangeSummary::of(c, &rounds)
@@ -209,6 +220,7 @@ pub fn run_size(opts: &Options, proxies: usize, pods: usize) -> anyhow::Result<S
         pods,
         services: mesh::APPS,
         ready_s,
+        machine_busy_before,
         control_plane: ControlPlane {
             ready: ready_mem,
             ..control_plane
@@ -335,41 +347,68 @@ async fn drive(
         cp_counted,
     };
 
+    let mut log = cplog::Cursor::new(
+        mesh.manifests
+            .parent()
+            .expect("in the run directory")
+            .join("control-plane.log"),
+    );
     let mut ctx = measure::Context {
         mesh,
         events: &mut events,
         live: &mut live,
         cp_pid: pid,
         admin,
+        log: &mut log,
         timeout: opts.change_timeout,
         quiet: opts.quiet,
         poll: opts.poll,
+        max_cp_rss_kib: opts.max_cp_rss_mib * 1024,
     };
     let mut changes = Vec::new();
-    for round in 1..=opts.rounds {
-        for change in [Change::Selective, Change::MeshWide] {
+    let mut aborted = false;
+    'rounds: for round in 1..=opts.rounds {
+        for &change in &opts.changes {
             let r = measure::change(&mut ctx, change, round).await?;
             eprintln!(
-                "   round {round} {:<24} {:>5}/{:<5} p50 {:>6.0} ms  p99 {:>6.0} ms  max {:>6.0} ms  CP acks {:>6} ms  unaffected {}  outbound {}  CP CPU {:.0} ms  sim CPU {:.0} ms{}",
+                "   round {round} {:<28} {:>5}/{:<5} p50 {:>6.0} ms  p99 {:>6.0} ms  max {:>6.0} ms  CP acks {:>6} ms  views at {:>5} ms  unaffected {}  wrong {}  CP CPU {:.0} ms  sim CPU {:.0} ms  other {:.0} / steal {:.0} ms  CP RSS {:.0} MiB (peak {:.0}){}",
                 change.name(),
                 r.received,
                 r.expected,
                 r.latency.p50_ms,
                 r.latency.p99_ms,
                 r.latency.max_ms,
-                r.cp_all_acked_ms.map(|v| format!("{v:.0}")).unwrap_or_else(|| "–".into()),
+                r.cp_all_acked_ms
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or_else(|| "–".into()),
+                r.breakdown
+                    .views_published_ms
+                    .map(|v| format!("{v:.0}"))
+                    .unwrap_or_else(|| "–".into()),
                 r.unaffected_updates,
-                r.with_outbound,
+                r.wrong_content,
                 r.cp_cpu_ms,
                 r.client_cpu_ms,
+                r.other_cpu_ms.unwrap_or(0.0),
+                r.steal_ms.unwrap_or(0.0),
+                r.cp_memory_after.rss_kib as f64 / 1024.0,
+                r.cp_memory_after.hwm_kib as f64 / 1024.0,
                 if r.counts_match { "" } else { "  COUNTERS DIFFER" },
             );
+            aborted = r.aborted.is_some();
             changes.push(r);
+            if aborted {
+                break 'rounds;
+            }
             running.cp.check_alive()?;
         }
     }
     measure::drain_stray(&mut ctx);
-    let end = procfs::memory(pid)?;
+    let end = if aborted {
+        Default::default()
+    } else {
+        procfs::memory(pid)?
+    };
     let simulated = procfs::memory(std::process::id())?;
     let disconnected = (0..count).filter(|p| !live[*p]).count() - failed;
     Ok((

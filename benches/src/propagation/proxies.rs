@@ -39,6 +39,8 @@ pub struct Update {
     pub selective_round: Option<u32>,
     /// The round of `mesh-callers` in the inbound view.
     pub mesh_round: Option<u32>,
+    /// Whether pod-0's endpoint of svc-0 is ready, when the update has an outbound view.
+    pub endpoint_ready: Option<bool>,
     /// The encoded size of the update (protobuf bytes, before gRPC framing and TLS).
     pub bytes: usize,
 }
@@ -60,8 +62,17 @@ impl Update {
                 _ => {}
             }
         }
+        let endpoint_ready = update
+            .outbound
+            .iter()
+            .flat_map(|o| &o.services)
+            .filter(|s| s.namespace == mesh::NAMESPACE && s.name == mesh::FLIPPED_SERVICE)
+            .flat_map(|s| &s.endpoints)
+            .find(|e| e.workload == mesh::FLIPPED_WORKLOAD)
+            .map(|e| e.ready);
         Update {
             version: update.version.clone(),
+            endpoint_ready,
             inbound: update.inbound.is_some(),
             outbound: update.outbound.is_some(),
             selective_round,

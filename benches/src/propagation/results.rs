@@ -61,29 +61,58 @@ pub struct ChangeResult {
     /// Rename → the control plane's `weft_cp_acks_total` counted every ack (polled every
     /// `poll_ms`, so up to that much late), milliseconds.
     pub cp_all_acked_ms: Option<f64>,
+    /// The control plane's own timestamps for the steps of the change.
+    pub breakdown: Breakdown,
     /// Updates received by proxies the change does not affect (must be 0), until the quiet
     /// window after the last affected proxy ended.
     pub unaffected_updates: usize,
     /// Updates that carried an outbound view (a policy edit must not; must be 0).
     pub with_outbound: usize,
-    /// Updates to affected proxies without an inbound view, or without the new round.
+    /// Updates that carried an inbound view (an endpoint change must not; must be 0).
+    pub with_inbound: usize,
+    /// Updates to affected proxies with the wrong parts or without the new content.
     pub wrong_content: usize,
     /// Second and later updates to the same affected proxy.
     pub duplicates: usize,
     /// Streams that ended during the change.
     pub disconnects: usize,
-    /// Control-plane CPU (user + system) from the rename to the end of the quiet window.
+    /// From the rename to the end of the quiet window (or the deadline), milliseconds.
+    pub window_ms: f64,
+    /// Control-plane CPU (user + system) over the window.
     pub cp_cpu_ms: f64,
-    /// The benchmark process's own CPU over the same window (the simulated proxies).
+    /// The benchmark process's own CPU over the window (the simulated proxies).
     pub client_cpu_ms: f64,
+    /// CPU used by everything else in the VM over the window (noise: other work).
+    pub other_cpu_ms: Option<f64>,
+    /// CPU time the hypervisor took from this VM over the window (noise: steal).
+    pub steal_ms: Option<f64>,
     /// Mean size of the update an affected proxy received (protobuf bytes).
     pub update_bytes: f64,
+    /// The control plane's memory at the end of the window (VmHWM: its peak so far).
+    pub cp_memory_after: Memory,
     /// What the control plane's counters moved by over the change.
     pub cp_counted: Counters,
     /// The same as the simulated proxies saw it (pushes = updates received with that part,
     /// acks = updates acked).
     pub proxies_saw: Counters,
     pub counts_match: bool,
+    /// Set when the control plane was killed at the memory limit during the change.
+    pub aborted: Option<String>,
+}
+
+/// A change as the control plane logged it: milliseconds from the rename.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Breakdown {
+    /// `manifest directory loaded`: the watcher's 100 ms debounce plus the reload.
+    pub loaded_ms: Option<f64>,
+    /// The index's own compute time (`elapsed_ms` of `views computed`).
+    pub index_compute_ms: Option<f64>,
+    /// `views computed`: the new views are published to the subscriptions.
+    pub views_published_ms: Option<f64>,
+    /// From then until the last affected proxy had the update.
+    pub fan_out_ms: Option<f64>,
+    /// Reloads logged in the window (1 expected).
+    pub reloads: usize,
 }
 
 /// Every round of one kind of change at one size, together.
@@ -99,13 +128,20 @@ pub struct ChangeSummary {
     pub missing: usize,
     pub unaffected_updates: usize,
     pub with_outbound: usize,
+    pub with_inbound: usize,
     pub wrong_content: usize,
     pub duplicates: usize,
     pub counts_match: bool,
-    /// Median over rounds.
+    /// Medians over rounds.
     pub cp_cpu_ms: f64,
     pub client_cpu_ms: f64,
+    pub other_cpu_ms: f64,
+    pub steal_ms: f64,
     pub update_bytes: f64,
+    pub breakdown: Breakdown,
+    /// The control plane's peak RSS (VmHWM) after the last round, KiB.
+    pub cp_hwm_kib: u64,
+    pub aborted: Option<String>,
 }
 
 impl ChangeSummary {
@@ -118,6 +154,10 @@ impl ChangeSummary {
             v.sort_by(f64::total_cmp);
             v.get(v.len() / 2).copied().unwrap_or(0.0)
         };
+        let median_of = |f: &dyn Fn(&Breakdown) -> Option<f64>| {
+            let v: Vec<f64> = rounds.iter().filter_map(|r| f(&r.breakdown)).collect();
+            (!v.is_empty()).then(|| median(v))
+        };
         ChangeSummary {
             change,
             rounds: rounds.len(),
@@ -127,12 +167,32 @@ impl ChangeSummary {
             missing: rounds.iter().map(|r| r.expected - r.received).sum(),
             unaffected_updates: rounds.iter().map(|r| r.unaffected_updates).sum(),
             with_outbound: rounds.iter().map(|r| r.with_outbound).sum(),
+            with_inbound: rounds.iter().map(|r| r.with_inbound).sum(),
             wrong_content: rounds.iter().map(|r| r.wrong_content).sum(),
             duplicates: rounds.iter().map(|r| r.duplicates).sum(),
             counts_match: rounds.iter().all(|r| r.counts_match),
             cp_cpu_ms: median(rounds.iter().map(|r| r.cp_cpu_ms).collect()),
             client_cpu_ms: median(rounds.iter().map(|r| r.client_cpu_ms).collect()),
+            other_cpu_ms: median(rounds.iter().filter_map(|r| r.other_cpu_ms).collect()),
+            steal_ms: median(rounds.iter().filter_map(|r| r.steal_ms).collect()),
             update_bytes: median(rounds.iter().map(|r| r.update_bytes).collect()),
+            breakdown: Breakdown {
+                loaded_ms: median_of(&|b| b.loaded_ms),
+                index_compute_ms: median_of(&|b| b.index_compute_ms),
+                views_published_ms: median_of(&|b| b.views_published_ms),
+                fan_out_ms: median_of(&|b| b.fan_out_ms),
+                reloads: rounds
+                    .iter()
+                    .map(|r| r.breakdown.reloads)
+                    .max()
+                    .unwrap_or(0),
+            },
+            cp_hwm_kib: rounds
+                .iter()
+                .map(|r| r.cp_memory_after.hwm_kib)
+                .max()
+                .unwrap_or(0),
+            aborted: rounds.iter().find_map(|r| r.aborted.clone()),
         }
     }
 }
@@ -181,6 +241,8 @@ pub struct SizeResult {
     pub services: usize,
     /// `/ready` after start, seconds (the first load of the manifest directory).
     pub ready_s: f64,
+    /// Fraction of both CPUs busy with other work just before this size started.
+    pub machine_busy_before: Option<f64>,
     pub control_plane: ControlPlane,
     pub subscribe: SubscribePhase,
     pub changes: Vec<ChangeResult>,
@@ -192,6 +254,7 @@ pub struct SizeResult {
 #[derive(Debug, Clone, Serialize)]
 pub struct Settings {
     pub rounds: u32,
+    pub changes: Vec<Change>,
     pub connect_concurrency: usize,
     pub client_threads: usize,
     pub change_timeout_s: f64,
@@ -199,6 +262,8 @@ pub struct Settings {
     pub poll_ms: u64,
     pub control_plane: String,
     pub control_plane_log: String,
+    /// Extra environment the control plane ran with (`--cp-env`).
+    pub control_plane_env: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -229,10 +294,14 @@ impl PropagationResults {
     pub fn evaluate(&mut self) {
         let mut targets = Vec::new();
         for size in self.sizes.iter().filter(|s| s.proxies == TARGET_PROXIES) {
-            for s in &size.summaries {
-                let met = s.missing == 0 && s.latency.p99_ms < TARGET_P99_MS;
+            for s in size.summaries.iter().filter(|s| s.change.is_policy()) {
+                let met = s.missing == 0 && s.aborted.is_none() && s.latency.p99_ms < TARGET_P99_MS;
                 targets.push(TargetCheck {
-                    target: format!("{}: p99 < 1 s at {} proxies", s.change.name(), size.proxies),
+                    target: format!(
+                        "policy change, {}: p99 < 1 s at {} proxies",
+                        s.change.name(),
+                        size.proxies
+                    ),
                     met: Some(met),
                     detail: format!(
                         "p99 {:.0} ms, max {:.0} ms over {} samples, {} missing",
@@ -242,14 +311,19 @@ impl PropagationResults {
             }
         }
         for size in &self.sizes {
-            let unaffected: usize = size.summaries.iter().map(|s| s.unaffected_updates).sum();
-            let outbound: usize = size.summaries.iter().map(|s| s.with_outbound).sum();
-            let wrong: usize = size.summaries.iter().map(|s| s.wrong_content).sum();
+            let policy = || size.summaries.iter().filter(|s| s.change.is_policy());
+            let unaffected: usize = policy().map(|s| s.unaffected_updates).sum();
+            let outbound: usize = policy().map(|s| s.with_outbound).sum();
+            let wrong: usize = policy().map(|s| s.wrong_content).sum();
             targets.push(TargetCheck {
-                target: format!("each change sent only to the proxies it affects ({} proxies)", size.proxies),
+                target: format!(
+                    "each policy change sent only to the proxies it affects, inbound only ({} proxies)",
+                    size.proxies
+                ),
                 met: Some(unaffected == 0 && outbound == 0 && wrong == 0),
                 detail: format!(
-                    "{unaffected} updates to unaffected proxies, {outbound} with an outbound view, {wrong} with wrong content"
+                    "{unaffected} updates to unaffected proxies, {outbound} with an outbound view, \
+                     {wrong} with wrong content"
                 ),
             });
         }
@@ -259,27 +333,36 @@ impl PropagationResults {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
         let m = &self.machine;
-        let _ = writeln!(
-            out,
-            "Measured {} on {} cores ({}), kernel {}; load average at start {}.",
-            self.date_utc, m.nproc, m.cpu_model, m.kernel, m.loadavg_at_start
-        );
         let s = &self.settings;
         let _ = writeln!(
             out,
-            "{} rounds of each change; latency = policy file renamed into the watched directory → \
-             the simulated proxy received the new view and queued its ack. Proxies connected {} at a time; \
-             the simulated proxies ran on {} thread(s) in the benchmark process, unpinned, on the same machine \
-             as the control plane.\n",
-            s.rounds, s.connect_concurrency, s.client_threads
+            "Measured {} on {} cores ({}), kernel {}; load average at start {}. \
+             {} round(s) of each change; proxies connected {} at a time; the simulated proxies ran \
+             in the benchmark process on {} thread(s), unpinned, on the same 2 cores as the control plane.\n",
+            self.date_utc,
+            m.nproc,
+            m.cpu_model,
+            m.kernel,
+            m.loadavg_at_start,
+            s.rounds,
+            s.connect_concurrency,
+            s.client_threads
         );
         let _ = writeln!(
             out,
-            "| proxies / pods | change | affected | p50 ms | p99 ms | max ms | all received per round (ms) | CP counted all acks (ms) | unaffected updates | with outbound | CP CPU ms / change | sim. proxies CPU ms / change | update bytes | counters match |"
+            "Latency: file renamed into the watched directory → the simulated proxy has the new view \
+             and has queued its ack; p50/p99/max over every affected proxy of every round. \
+             \"All had it\": per round, the last affected proxy. \"CP counted\": per round, when \
+             `weft_cp_acks_total` had every ack (polled every {} ms).\n",
+            s.poll_ms
         );
         let _ = writeln!(
             out,
-            "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|"
+            "| proxies / pods | change | affected | p50 ms | p99 ms | max ms | all had it, per round (ms) | CP counted all acks (ms) | unaffected updates | wrong parts / content | CP CPU ms / change | sim. proxies CPU ms | other work / steal ms | update bytes | counters match |"
+        );
+        let _ = writeln!(
+            out,
+            "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|---:|---|"
         );
         for size in &self.sizes {
             for sum in &size.summaries {
@@ -295,23 +378,38 @@ impl PropagationResults {
                     .map(|v| format!("{v:.0}"))
                     .collect();
                 let acked: Vec<String> = sum.cp_all_acked_ms.iter().map(|v| opt_ms(*v)).collect();
+                let wrong_parts = if sum.change.is_policy() {
+                    sum.with_outbound
+                } else {
+                    sum.with_inbound
+                };
+                let mut notes = String::new();
+                if sum.missing > 0 {
+                    let _ = write!(notes, " ({} missing)", sum.missing);
+                }
+                if sum.aborted.is_some() {
+                    notes.push_str(" (**aborted: memory limit**)");
+                }
                 let _ = writeln!(
                     out,
-                    "| {} / {} | {} | {}{} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0} | {:.0} | {:.0} | {} |",
+                    "| {} / {} | {} | {}{} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {:.0} | {:.0} | {:.0} / {:.0} | {:.0} | {} |",
                     size.proxies,
                     size.pods,
                     sum.change.name(),
                     affected,
-                    if sum.missing > 0 { format!(" ({} missing)", sum.missing) } else { String::new() },
+                    notes,
                     sum.latency.p50_ms,
                     sum.latency.p99_ms,
                     sum.latency.max_ms,
                     rounds.join(" / "),
                     acked.join(" / "),
                     sum.unaffected_updates,
-                    sum.with_outbound,
+                    wrong_parts,
+                    sum.wrong_content,
                     sum.cp_cpu_ms,
                     sum.client_cpu_ms,
+                    sum.other_cpu_ms,
+                    sum.steal_ms,
                     sum.update_bytes,
                     if sum.counts_match { "yes" } else { "**no**" },
                 );
@@ -320,20 +418,54 @@ impl PropagationResults {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "| proxies / pods | CP ready | subscribe all | per proxy p50 / p99 | first view | CP CPU subscribing | CP RSS ready | CP RSS subscribed (peak) | CP RSS end (peak) | CP counts subscribers |"
+            "Where a change's time goes (medians over rounds, ms from the rename; from the control plane's log):\n"
         );
-        let _ = writeln!(out, "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            out,
+            "| proxies / pods | change | directory reloaded (incl. 100 ms debounce) | index compute | views published | fan-out to the last proxy | CP peak RSS after |"
+        );
+        let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+        for size in &self.sizes {
+            for sum in &size.summaries {
+                let b = &sum.breakdown;
+                let _ = writeln!(
+                    out,
+                    "| {} / {} | {} | {} | {} | {} | {} | {} |",
+                    size.proxies,
+                    size.pods,
+                    sum.change.name(),
+                    opt_ms(b.loaded_ms),
+                    opt_ms(b.index_compute_ms),
+                    opt_ms(b.views_published_ms),
+                    opt_ms(b.fan_out_ms),
+                    kib(sum.cp_hwm_kib),
+                );
+            }
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "| proxies / pods | CP ready | subscribe all | per proxy p50 / p99 | first view | CP CPU subscribing | CP RSS ready | CP RSS subscribed (peak) | CP RSS end (peak) | sim. proxies RSS end | CP counts subscribers |"
+        );
+        let _ = writeln!(
+            out,
+            "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
         for size in &self.sizes {
             let sub = &size.subscribe;
             let cp = &size.control_plane;
             let _ = writeln!(
                 out,
-                "| {} / {} | {:.1} s | {:.1} s{} | {:.0} / {:.0} ms | {:.0} KiB | {:.1} s | {} | {} ({}) | {} ({}) | {:.0} |",
+                "| {} / {} | {:.1} s | {:.1} s{} | {:.0} / {:.0} ms | {:.0} KiB | {:.1} s | {} | {} ({}) | {} ({}) | {} | {:.0} |",
                 size.proxies,
                 size.pods,
                 size.ready_s,
                 sub.seconds,
-                if sub.failed > 0 { format!(" ({} failed)", sub.failed) } else { String::new() },
+                if sub.failed > 0 {
+                    format!(" ({} failed)", sub.failed)
+                } else {
+                    String::new()
+                },
                 sub.per_proxy.p50_ms,
                 sub.per_proxy.p99_ms,
                 sub.first_view_bytes as f64 / 1024.0,
@@ -343,6 +475,7 @@ impl PropagationResults {
                 kib(cp.subscribed.hwm_kib),
                 kib(cp.end.rss_kib),
                 kib(cp.end.hwm_kib),
+                kib(cp.simulated_proxies.rss_kib),
                 sub.cp_counted.subscribers,
             );
         }
@@ -356,6 +489,17 @@ impl PropagationResults {
                 None => format!("not measured — {}", t.detail),
             };
             let _ = writeln!(out, "| {} | {} |", t.target, verdict);
+        }
+        if self
+            .sizes
+            .iter()
+            .any(|s| !s.control_plane.metric_names_as_documented)
+        {
+            let _ = writeln!(
+                out,
+                "\nNote: this control plane exported its metrics as `_weft_cp_*` (leading underscore) \
+                 instead of the documented `weft_cp_*`; the cross-check reads either."
+            );
         }
         out
     }

@@ -8,6 +8,7 @@
 
 pub mod control_plane;
 pub mod discovery;
+pub mod faulty;
 pub mod load;
 pub mod pki;
 

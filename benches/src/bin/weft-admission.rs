@@ -1,0 +1,433 @@
+//! `weft-admission`: admission latency of `weft-injector` (issue 6's target: p99 under 2 ms at
+//! 200 reviews/s on one core).
+//!
+//! Starts the real `weft-injector` binary (next to this one, built in the same profile) with a
+//! generated serving certificate, pinned with `taskset -c <injector core>`, and drives it from
+//! this process (pinned to the other core) with an **open loop**: review *n* is due at
+//! `start + n/R` and goes out on keep-alive HTTPS connection *n mod C*; latency is measured
+//! from the intended send time (coordinated omission corrected, like `weft-load`), to the last
+//! byte of the response, which must be an `allowed` review carrying a patch. The body is a
+//! realistic AdmissionReview: a Deployment's pod (the injector's `deployment_pod.json`
+//! fixture) by default, with a fresh `uid` per review.
+//!
+//! ```sh
+//! cargo build --release -p weft-injector && cargo build --release -p weft-bench --features admission
+//! target/release/weft-admission                       # 200/s for 30 s over 4 connections
+//! target/release/weft-admission --rate 1000 --duration 10 --http2
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::Parser;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use weft_bench::clock::now_ns;
+use weft_bench::procfs::cpu_ticks;
+use weft_bench::timer::Timer;
+
+const SERVER_NAME: &str = "weft-injector.weft-system.svc";
+const DEFAULT_POD: &str = include_str!("../../../injector/tests/fixtures/deployment_pod.json");
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "weft-admission",
+    about = "Admission latency of weft-injector (open loop, HTTPS keep-alive)"
+)]
+struct Args {
+    /// Reviews per second.
+    #[arg(long, default_value_t = 200)]
+    rate: u32,
+    /// Measured seconds (after the warm-up).
+    #[arg(long, default_value_t = 30)]
+    duration: u64,
+    /// Unmeasured warm-up seconds at the same rate.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// Keep-alive connections (the API server keeps a few per webhook).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Use HTTP/2 (one connection, multiplexed) instead of HTTP/1.1.
+    #[arg(long)]
+    http2: bool,
+    /// An AdmissionReview file to send instead of the built-in Deployment pod.
+    #[arg(long)]
+    review: Option<PathBuf>,
+    /// The injector's core (`taskset -c`); the load generator takes --load-core.
+    #[arg(long, default_value_t = 1)]
+    injector_core: usize,
+    #[arg(long, default_value_t = 0)]
+    load_core: usize,
+    /// The weft-injector binary [default: next to this one].
+    #[arg(long)]
+    injector: Option<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    anyhow::ensure!(
+        args.rate > 0 && args.duration > 0,
+        "--rate and --duration must be positive"
+    );
+    let injector = match &args.injector {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("weft-injector"),
+    };
+    anyhow::ensure!(
+        injector.is_file(),
+        "{} not found: cargo build --release -p weft-injector",
+        injector.display()
+    );
+    let review = match &args.review {
+        Some(path) => std::fs::read_to_string(path)?,
+        None => DEFAULT_POD.to_owned(),
+    };
+    let dir = std::env::temp_dir().join(format!("weft-admission-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (ca_der, cert, key) = certificate(&dir)?;
+    let addr = free_addr()?;
+    let mut child = start_injector(&injector, &args, addr, &cert, &key, &dir)?;
+    pin_self(args.load_core);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(run(&args, addr, ca_der, &review, child.id()));
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    let report = result?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_table(&args, &report);
+    }
+    Ok(())
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    rate: u32,
+    duration_s: u64,
+    connections: usize,
+    protocol: &'static str,
+    review_bytes: usize,
+    completed: u64,
+    errors: u64,
+    p50_us: f64,
+    p90_us: f64,
+    p99_us: f64,
+    p999_us: f64,
+    max_us: f64,
+    /// Share of one core the injector used during the measured window.
+    injector_cpu: f64,
+    injector_cpu_us_per_review: f64,
+    injector_rss_kib: u64,
+}
+
+fn print_table(args: &Args, r: &Report) {
+    println!(
+        "weft-injector admission latency: {} reviews/s for {} s over {} {} HTTPS connection(s), {}-byte review",
+        args.rate, r.duration_s, r.connections, r.protocol, r.review_bytes
+    );
+    println!(
+        "| completed | errors | p50 | p90 | p99 | p99.9 | max | injector CPU | CPU/review | RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs | {:.1} % | {:.0} µs | {} MiB |",
+        r.completed,
+        r.errors,
+        r.p50_us,
+        r.p90_us,
+        r.p99_us,
+        r.p999_us,
+        r.max_us,
+        r.injector_cpu * 100.0,
+        r.injector_cpu_us_per_review,
+        r.injector_rss_kib / 1024
+    );
+    println!(
+        "target p99 < 2000 µs: {}",
+        if r.p99_us < 2000.0 && r.errors == 0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+}
+
+fn certificate(dir: &Path) -> anyhow::Result<(CertificateDer<'static>, PathBuf, PathBuf)> {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+    let cert = CertificateParams::new(vec![SERVER_NAME.to_string()])?.self_signed(&key)?;
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    Ok((cert.der().clone(), cert_path, key_path))
+}
+
+fn free_addr() -> std::io::Result<SocketAddr> {
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+fn start_injector(
+    bin: &Path,
+    args: &Args,
+    addr: SocketAddr,
+    cert: &Path,
+    key: &Path,
+    dir: &Path,
+) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(dir.join("injector.log"))?;
+    let child = Command::new("taskset")
+        .arg("-c")
+        .arg(args.injector_core.to_string())
+        .arg(bin)
+        .arg("--addr")
+        .arg(addr.to_string())
+        .arg("--tls-cert")
+        .arg(cert)
+        .arg("--tls-key")
+        .arg(key)
+        .args(["--sidecar", "native", "--workers", "1"])
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()?;
+    Ok(child)
+}
+
+fn pin_self(core: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET and sched_setaffinity only touch it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    async fn send(&mut self, req: http::Request<Full<Bytes>>) -> anyhow::Result<(u16, Bytes)> {
+        let rsp = match self {
+            Sender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+            Sender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await?
+            }
+        };
+        let status = rsp.status().as_u16();
+        Ok((status, rsp.into_body().collect().await?.to_bytes()))
+    }
+}
+
+async fn connect(
+    addr: SocketAddr,
+    ca: &CertificateDer<'static>,
+    http2: bool,
+) -> anyhow::Result<Sender> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from(SERVER_NAME)?, tcp)
+        .await?;
+    let io = TokioIo::new(tls);
+    Ok(if http2 {
+        let (sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await?;
+        tokio::spawn(conn);
+        Sender::H2(sender)
+    } else {
+        let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+        tokio::spawn(conn);
+        Sender::H1(sender)
+    })
+}
+
+fn request(review: &str, n: u64) -> http::Request<Full<Bytes>> {
+    // A fresh uid per review, as the API server sends.
+    let body = review.replacen(
+        "0df28fbd-5f5f-11e8-bc74-36e6bb280816",
+        &format!("0df28fbd-5f5f-11e8-bc74-{n:012x}"),
+        1,
+    );
+    http::Request::post(format!("https://{SERVER_NAME}/mutate?timeout=10s"))
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .expect("a valid request")
+}
+
+fn ok(status: u16, body: &[u8]) -> bool {
+    status == 200
+        && serde_json::from_slice::<serde_json::Value>(body)
+            .map(|v| v["response"]["allowed"] == true && v["response"]["patch"].is_string())
+            .unwrap_or(false)
+}
+
+async fn wait_ready(addr: SocketAddr, ca: &CertificateDer<'static>) -> anyhow::Result<()> {
+    let deadline = now_ns() + 10_000_000_000;
+    loop {
+        if let Ok(mut s) = connect(addr, ca, false).await {
+            let req = http::Request::get(format!("https://{SERVER_NAME}/ready"))
+                .body(Full::new(Bytes::new()))?;
+            if matches!(s.send(req).await, Ok((200, _))) {
+                return Ok(());
+            }
+        }
+        anyhow::ensure!(
+            now_ns() < deadline,
+            "weft-injector did not become ready in 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn run(
+    args: &Args,
+    addr: SocketAddr,
+    ca: CertificateDer<'static>,
+    review: &str,
+    pid: u32,
+) -> anyhow::Result<Report> {
+    wait_ready(addr, &ca).await?;
+    let connections = if args.http2 {
+        1
+    } else {
+        args.connections.max(1)
+    };
+    let mut senders = Vec::new();
+    for _ in 0..connections {
+        senders.push(connect(addr, &ca, args.http2).await?);
+    }
+    let interval = 1_000_000_000 / u64::from(args.rate);
+    let warm = args.warmup * u64::from(args.rate);
+    let total = warm + args.duration * u64::from(args.rate);
+    let start = now_ns() + 50_000_000;
+    let measured_from = start + warm * interval;
+    let cpu_start = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let histogram = std::rc::Rc::new(std::cell::RefCell::new(Histogram::<u64>::new(3)?));
+    let errors = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let local = tokio::task::LocalSet::new();
+    let streams = if args.http2 { 16 } else { 1 };
+    let workers = senders.len() * streams;
+    let mut handles = Vec::new();
+    let senders: Vec<_> = senders
+        .into_iter()
+        .map(|s| std::rc::Rc::new(tokio::sync::Mutex::new(s)))
+        .collect();
+    for w in 0..workers {
+        let sender = senders[w % senders.len()].clone();
+        let (histogram, errors, cpu_start) = (histogram.clone(), errors.clone(), cpu_start.clone());
+        let review = review.to_owned();
+        let h2 = args.http2;
+        handles.push(local.spawn_local(async move {
+            let timer = Timer::new().expect("timerfd");
+            let mut n = w as u64;
+            while n < total {
+                let due = start + n * interval;
+                timer.sleep_until(due).await.expect("timerfd");
+                if n == warm {
+                    cpu_start.set(cpu_ticks(pid).unwrap_or(0));
+                }
+                let req = request(&review, n);
+                let result = if h2 {
+                    // HTTP/2 senders are cheap clones: don't hold the lock while waiting.
+                    let mut s = match &*sender.lock().await {
+                        Sender::H2(s) => Sender::H2(s.clone()),
+                        Sender::H1(_) => unreachable!(),
+                    };
+                    s.send(req).await
+                } else {
+                    sender.lock().await.send(req).await
+                };
+                let done = now_ns();
+                let good = matches!(&result, Ok((status, body)) if ok(*status, body));
+                if due >= measured_from {
+                    if good {
+                        let _ = histogram
+                            .borrow_mut()
+                            .record(done.saturating_sub(due).max(1));
+                    } else {
+                        errors.set(errors.get() + 1);
+                    }
+                }
+                n += workers as u64;
+            }
+        }));
+    }
+    local
+        .run_until(async {
+            for h in handles {
+                let _ = h.await;
+            }
+        })
+        .await;
+    let ticks = cpu_ticks(pid).unwrap_or(0).saturating_sub(cpu_start.get());
+    let window = (now_ns() - measured_from) as f64 / 1e9;
+    let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_s = ticks as f64 * tick;
+    let h = histogram.borrow();
+    let us = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0);
+    Ok(Report {
+        rate: args.rate,
+        duration_s: args.duration,
+        connections,
+        protocol: if args.http2 { "HTTP/2" } else { "HTTP/1.1" },
+        review_bytes: review.len(),
+        completed: h.len(),
+        errors: errors.get(),
+        p50_us: us(0.5),
+        p90_us: us(0.9),
+        p99_us: us(0.99),
+        p999_us: us(0.999),
+        max_us: h.max() as f64 / 1000.0,
+        injector_cpu: cpu_s / window,
+        injector_cpu_us_per_review: if h.len() > 0 {
+            cpu_s * 1e6 / h.len() as f64
+        } else {
+            0.0
+        },
+        injector_rss_kib: rss,
+    })
+}

@@ -1,0 +1,237 @@
+//! Retries end to end (issue 5): a client calls Service `shop/orders` through its sidecar's
+//! outbound listener (forward-proxy style, as in local mode), the sidecar balances over
+//! fault-injecting upstreams pushed as the Service's endpoints by a test control plane.
+//!
+//! ```text
+//! client ──GET http://orders.shop.svc.cluster.local/──> proxy (web-1) ──> faulty upstreams
+//!                                                        ^ Subscribe / Ack
+//!                                                   test control plane
+//! ```
+//!
+//! Each test prints the figure it measured and asserts it.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use weft_api::proto::discovery::v1 as pb;
+
+use support::faulty::{
+    exclusive, load, policy, request, service, Faults, Faulty, LoadSpec, TrafficMesh,
+};
+
+const TARGET: &str = "shop/orders:80";
+
+/// Three endpoints, one of which fails every request the way `faults` says: at least 99.9%
+/// of 10,000 requests still succeed (retries step around it, outlier ejection takes it out).
+async fn one_bad_endpoint_of_three(faults: Faults, what: &str) {
+    let _heavy = exclusive().await;
+    let a = Faulty::start("a", Faults::healthy()).await;
+    let b = Faulty::start("b", Faults::healthy()).await;
+    let bad = Faulty::start("bad", faults).await;
+    let mesh = TrafficMesh::start(vec![service("orders", &[a.addr, bad.addr, b.addr])]).await;
+
+    let spec = LoadSpec::new(10_000, 16, Duration::from_secs(30));
+    let report = load(mesh.outbound(), spec, |i| {
+        request(Method::GET, "orders", &format!("/item/{i}"), Bytes::new())
+    })
+    .await;
+    let metrics = mesh.metrics().await;
+    let retries = metrics.sum("weft_retries_total", &[("target", TARGET)]);
+    let exhausted = metrics.sum("weft_retry_budget_exhausted_total", &[("target", TARGET)]);
+    println!(
+        "one endpoint of three {what}: {:.3}% success ({} of {}); the bad endpoint saw {} requests, \
+         retries {retries}, budget exhausted {exhausted}; {}",
+        100.0 * report.success_ratio(),
+        report.ok(),
+        report.sent,
+        bad.requests(),
+        report.summary()
+    );
+    assert_eq!(
+        report.sent, 10_000,
+        "every request was sent before the deadline"
+    );
+    assert!(
+        report.success_ratio() >= 0.999,
+        "at least 99.9% success: {}",
+        report.summary()
+    );
+    // Every request the bad endpoint got failed, and none of those reached the client as
+    // a failure beyond the 0.1% allowed: retries made up for them.
+    assert!(bad.requests() > 0, "the bad endpoint was tried");
+    assert!(
+        retries >= (bad.requests() as f64) * 0.9,
+        "the bad endpoint's failures were retried: {retries} retries for {} failures",
+        bad.requests()
+    );
+    // Outlier ejection (5 failures in a row by default) takes it out of rotation: it sees
+    // a handful of requests, not a third of 10,000.
+    assert!(
+        bad.requests() < 100,
+        "the bad endpoint was ejected early: it saw {} requests",
+        bad.requests()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_endpoint_failing_every_request_with_503_costs_under_a_tenth_of_a_percent() {
+    one_bad_endpoint_of_three(Faults::failing(503), "failing with 503").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_endpoint_resetting_every_connection_costs_under_a_tenth_of_a_percent() {
+    one_bad_endpoint_of_three(Faults::resetting(), "resetting connections").await;
+}
+
+/// Every endpoint fails: the Service's retry budget (20% of requests plus a reserve of
+/// 10/s × the 10 s window) caps the retries, where `attempts: 2` alone would triple the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_total_outage_is_not_multiplied_beyond_the_retry_budget() {
+    let _heavy = exclusive().await;
+    let upstreams = [
+        Faulty::start("a", Faults::failing(503)).await,
+        Faulty::start("b", Faults::failing(503)).await,
+        Faulty::start("c", Faults::failing(503)).await,
+    ];
+    let addrs: Vec<_> = upstreams.iter().map(|u| u.addr).collect();
+    let mesh = TrafficMesh::start(vec![service("orders", &addrs)]).await;
+
+    // 4 s of load: within one 10 s budget window, so the bound is exactly
+    // 0.2 × requests + 10/s × 10 s.
+    let window = Duration::from_secs(4);
+    let spec = LoadSpec::new(1_000_000, 16, window);
+    let report = load(mesh.outbound(), spec, |i| {
+        request(Method::GET, "orders", &format!("/item/{i}"), Bytes::new())
+    })
+    .await;
+    let seen: u64 = upstreams.iter().map(Faulty::requests).sum();
+    let requests = report.sent;
+    let retries = seen - requests;
+    let bound = 0.2 * requests as f64 + 10.0 * 10.0;
+    let metrics = mesh.metrics().await;
+    let counted = metrics.sum("weft_retries_total", &[("target", TARGET)]);
+    let exhausted = metrics.sum("weft_retry_budget_exhausted_total", &[("target", TARGET)]);
+    println!(
+        "total outage: {requests} requests in {:.2?}, upstreams saw {seen}: {retries} retries \
+         ({:.1}% of requests; budget bound {bound:.0}, attempts alone would allow {}); \
+         weft_retries_total {counted}, weft_retry_budget_exhausted_total {exhausted}",
+        report.elapsed,
+        100.0 * retries as f64 / requests as f64,
+        2 * requests
+    );
+    assert!(
+        requests > 1_000,
+        "enough load to matter: {}",
+        report.summary()
+    );
+    assert_eq!(
+        report.by_status.get(&503).copied(),
+        Some(requests),
+        "every request got the upstream's 503: {}",
+        report.summary()
+    );
+    assert!(
+        retries as f64 <= bound,
+        "retries {retries} within 0.2 × {requests} + 100 = {bound}"
+    );
+    // The budget is what stopped them, not a lack of failures: it was spent (nearly) in full.
+    assert!(
+        retries as f64 >= 0.95 * bound - 2.0,
+        "the budget was used: {retries} retries of {bound}"
+    );
+    assert_eq!(
+        counted, retries as f64,
+        "weft_retries_total counts every retry"
+    );
+    // Each request was retried k ∈ {0, 1, 2} times; those with k < 2 met the empty budget.
+    let e = exhausted;
+    assert!(
+        e > 0.0 && 2.0 * (requests as f64 - e) <= retries as f64 && retries as f64 <= 2.0 * requests as f64 - e,
+        "weft_retry_budget_exhausted_total {e} is consistent with {retries} retries of {requests} requests"
+    );
+}
+
+/// One endpoint failing every request with 503; what the upstream sees for one request.
+async fn tries(mesh: &TrafficMesh, upstream: &Faulty, method: Method, body_len: usize) -> u64 {
+    let before = upstream.stats();
+    let body = Bytes::from(vec![b'x'; body_len]);
+    let (outcome, _) = mesh
+        .send(request(method.clone(), "orders", "/", body))
+        .await;
+    assert_eq!(
+        outcome.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{method} of {body_len} bytes: the upstream's failure comes back"
+    );
+    assert_eq!(
+        outcome.upstream(),
+        Some("orders"),
+        "{method}: not the proxy's own answer"
+    );
+    let after = upstream.stats();
+    // Every try carried the whole body.
+    let bodies = &after.bodies[before.bodies.len()..];
+    assert!(
+        bodies.iter().all(|&n| n == body_len),
+        "{method}: every try carried all {body_len} bytes: {bodies:?}"
+    );
+    after.requests - before.requests
+}
+
+/// Bodies over the 64 KiB buffer are never retried; small ones are, for idempotent methods
+/// by default and for POST only with `nonIdempotent: true`.
+#[tokio::test]
+async fn bodies_over_the_buffer_and_non_idempotent_methods_are_not_retried() {
+    let upstream = Faulty::start("orders", Faults::failing(503)).await;
+    let mesh = TrafficMesh::start(vec![service("orders", &[upstream.addr])]).await;
+    const LARGE: usize = 64 * 1024 + 1;
+    const SMALL: usize = 1000;
+
+    let cases = [
+        (Method::PUT, LARGE, 1),
+        (Method::PUT, 64 * 1024, 3),
+        (Method::PUT, SMALL, 3),
+        (Method::GET, 0, 3),
+        (Method::DELETE, 0, 3),
+        (Method::POST, SMALL, 1),
+        (Method::POST, LARGE, 1),
+        (Method::PATCH, SMALL, 1),
+    ];
+    for (method, len, expected) in cases {
+        let seen = tries(&mesh, &upstream, method.clone(), len).await;
+        println!("default policy: {method} with {len} body bytes → the upstream saw {seen} tries");
+        assert_eq!(seen, expected, "{method} of {len} bytes");
+    }
+
+    // nonIdempotent: true — POST and PATCH are retried too, but never with a body over the
+    // buffer.
+    let mut orders = service("orders", &[upstream.addr]);
+    orders.traffic_policy = Some(pb::TrafficPolicy {
+        retries: Some(pb::Retries {
+            non_idempotent: true,
+            ..Default::default()
+        }),
+        ..policy("orders")
+    });
+    mesh.push(vec![orders]).await;
+    let cases = [
+        (Method::POST, SMALL, 3),
+        (Method::PATCH, SMALL, 3),
+        (Method::POST, LARGE, 1),
+        (Method::POST, 1024 * 1024, 1),
+    ];
+    for (method, len, expected) in cases {
+        let seen = tries(&mesh, &upstream, method.clone(), len).await;
+        println!("nonIdempotent: {method} with {len} body bytes → the upstream saw {seen} tries");
+        assert_eq!(seen, expected, "nonIdempotent: {method} of {len} bytes");
+    }
+    let metrics = mesh.metrics().await;
+    assert_eq!(
+        metrics.value("weft_retry_budget_exhausted_total", &[("target", TARGET)]),
+        0.0,
+        "nothing here needed more than the budget's reserve"
+    );
+}
