@@ -5,6 +5,7 @@ pub mod authz;
 #[cfg(feature = "crds")]
 pub mod crd;
 pub mod identity;
+pub mod metrics;
 
 pub use identity::{IdentityError, SpiffeId};
 

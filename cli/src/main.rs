@@ -1,10 +1,14 @@
 //! `weftctl`, the operator's CLI: the manifests a cluster needs (`install`), offline sidecar
-//! injection (`inject`), a proxy's view (`proxy-config`) and the mesh's health (`check`).
-//! `stat` and `authz explain` come next. Usage: docs/weftctl.md.
+//! injection (`inject`), a proxy's view (`proxy-config`), the mesh's health (`check`), live
+//! traffic per workload (`stat`) and why a request would be allowed or denied
+//! (`authz explain`). Usage: docs/weftctl.md.
 
 mod check;
+mod explain;
 mod inject;
 mod install;
+mod scrape;
+mod stat;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -29,17 +33,25 @@ struct Cli {
 enum Command {
     /// Print weftctl's version.
     Version,
-    /// Check the mesh: the control plane is up, every policy object is valid, and every proxy
-    /// has applied its latest view. Prints ✓/✗ lines; exits 1 when anything failed.
-    Check {
-        /// The control plane's admin address (`kubectl -n weft-system port-forward
-        /// deploy/weft-control-plane 15014` in a cluster).
-        #[arg(
-            long,
-            default_value = "127.0.0.1:15014",
-            env = "WEFT_CONTROL_PLANE_ADMIN"
-        )]
-        control_plane_admin: SocketAddr,
+    /// Check the mesh: the control plane is up, every policy object is valid, the CA's issuer
+    /// and trust anchors are valid for a while yet, and every proxy has applied its latest
+    /// view and runs the control plane's version. Prints ✓/✗ lines; exits 1 when anything
+    /// failed.
+    Check(check::CheckArgs),
+    /// Live traffic per workload, from the proxies' metrics: requests per second, success
+    /// rate, latency percentiles (p50/p95/p99) and the share of mTLS, refreshed every
+    /// --interval.
+    ///
+    /// Examples:
+    ///   weftctl stat                                   # every proxy the control plane lists
+    ///   weftctl stat --proxy web=127.0.0.1:15020 --proxy orders=127.0.0.1:15021
+    ///   weftctl stat --direction outbound --once       # one table of what each calls
+    #[command(verbatim_doc_comment)]
+    Stat(stat::StatArgs),
+    /// Authorization policy tools.
+    Authz {
+        #[command(subcommand)]
+        command: AuthzCommand,
     },
     /// Print a proxy's current configuration (its admin server's /config), as JSON.
     ProxyConfig {
@@ -83,13 +95,32 @@ enum Command {
     Install(install::InstallArgs),
 }
 
+#[derive(Subcommand)]
+enum AuthzCommand {
+    /// Explain whether a request would be allowed, and which policy decides.
+    ///
+    /// Fetches the target pod's live inbound view from the control plane and evaluates the
+    /// request with the proxy's own code: the same compiled policies, mTLS mode and path
+    /// normalization. Prints the decision, the deciding policy, what would be recorded
+    /// (AUDIT and dry-run policies) and which policies match. Exit code 0: allowed,
+    /// 3: denied, 1: could not explain, 2: bad arguments.
+    ///
+    /// Example:
+    ///   weftctl authz explain --caller spiffe://cluster.local/ns/shop/sa/web \
+    ///       -n shop --pod orders-7d4b9c-x2x7k --port 8080 --method POST --path /orders
+    #[command(verbatim_doc_comment)]
+    Explain(explain::ExplainArgs),
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<std::process::ExitCode> {
     match Cli::parse().command {
         Command::Version => println!("weftctl {}", env!("CARGO_PKG_VERSION")),
-        Command::Check {
-            control_plane_admin,
-        } => return Ok(check::run(control_plane_admin).await),
+        Command::Check(args) => return Ok(check::run(&args).await),
+        Command::Stat(args) => return stat::run(&args).await,
+        Command::Authz {
+            command: AuthzCommand::Explain(args),
+        } => return explain::run(&args).await,
         Command::Inject { file, args } => inject::run(&file, &args)?,
         Command::Install(args) => install::run(&args)?,
         Command::ProxyConfig { admin } => {

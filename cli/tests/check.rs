@@ -77,6 +77,15 @@ async fn check_reports_invalid_objects_and_passes_once_fixed() {
                 "{out}"
             );
             assert!(out.contains("✓ 0 proxies connected"), "{out}");
+            assert!(
+                out.contains("✓ CA issuer (a root) ") && out.contains("is valid, expires in"),
+                "{out}"
+            );
+            assert!(out.contains("✓ trust anchor "), "{out}");
+            assert!(
+                out.contains("✓ 0 proxies run the control plane's version"),
+                "{out}"
+            );
             break;
         }
         assert!(
@@ -85,6 +94,21 @@ async fn check_reports_invalid_objects_and_passes_once_fixed() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // A CA closer to expiry than --min-ca-validity fails (the local root lasts 10 years).
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_weftctl"))
+            .args(["check", "--control-plane-admin", &admin.to_string()])
+            .args(["--min-ca-validity", "20000days"])
+            .output()
+            .expect("run weftctl")
+    })
+    .await
+    .expect("join");
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "{out}");
+    assert!(out.contains("✗ CA issuer (a root) "), "{out}");
+    assert!(out.contains("within 20000 days: rotate it"), "{out}");
 
     // Nobody listening: a clear failure, not a hang.
     cp.shutdown().await.expect("shutdown");

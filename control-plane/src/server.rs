@@ -277,7 +277,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         AuthSource::Custom(auth) => auth,
     };
 
-    let mut metrics = prometheus_client::registry::Registry::with_prefix("");
+    // No prefix: `with_prefix("")` would name every family `_weft_cp_*`.
+    let mut metrics = prometheus_client::registry::Registry::default();
+    metrics.register_collector(Box::new(ca::metrics::CaCollector::new(ca.clone())));
     let problems = Arc::new(ProblemBoard::default());
     metrics.register(
         "weft_cp_invalid_objects",
@@ -356,6 +358,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     registry: registry.clone(),
                     views: views.clone(),
                     needs_views: has_source,
+                    ca: ca.clone(),
                 },
                 stop_rx.clone(),
             )

@@ -7,6 +7,12 @@
 //! reason it leaves the pod alone ([`Skip`]). It reads no clock, no environment and no
 //! network, so the same inputs always give the same output — the webhook and the CLI agree.
 //!
+//! The webhook, read in this order: [`server`] (HTTPS, routes, limits) hands each body to
+//! [`review`] (AdmissionReview in and out, what each kind of input gets), which calls
+//! [`inject_pod_spec`] ([`mutate`]) and turns the result into a JSON Patch ([`patch`]);
+//! [`tls`] reloads the serving certificate, [`metrics`] counts, and [`version`] picks the
+//! sidecar mode from the API server's version. See `docs/injector.md`.
+//!
 //! ```
 //! use k8s_openapi::api::core::v1::{Container, PodSpec};
 //! use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;

@@ -244,3 +244,43 @@ async fn wait_for_signal() -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cli(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("weft-injector").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn default_flags_give_the_default_config() {
+        let config = cli(&[]).inject_config(SidecarMode::Native).unwrap();
+        assert_eq!(config, InjectConfig::default());
+    }
+
+    #[test]
+    fn flags_reach_the_config_and_bad_quantities_are_refused() {
+        let config = cli(&[
+            "--proxy-image=registry.example/weft-proxy:dev",
+            "--proxy-cpu-limit=1",
+            "--proxy-memory-request=",
+            "--control-plane-addr=cp:15012",
+            "--trust-anchors-config-map=roots",
+        ])
+        .inject_config(SidecarMode::Classic)
+        .unwrap();
+        assert_eq!(config.proxy_image, "registry.example/weft-proxy:dev");
+        assert_eq!(config.sidecar, SidecarMode::Classic);
+        assert_eq!(config.control_plane_addr, "cp:15012");
+        assert_eq!(config.trust_anchors.config_map, "roots");
+        let requests = config.proxy_resources.requests.unwrap();
+        assert!(!requests.contains_key("memory"));
+        assert_eq!(config.proxy_resources.limits.unwrap()["cpu"].0, "1");
+        let error = cli(&["--proxy-memory-limit=256MB"])
+            .inject_config(SidecarMode::Native)
+            .unwrap_err();
+        assert!(error.contains("256MB"), "{error}");
+        assert!(Cli::try_parse_from(["weft-injector", "--token-expiration-seconds=60"]).is_err());
+    }
+}

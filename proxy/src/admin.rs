@@ -5,7 +5,7 @@
 //! |---|---|---|---|
 //! | `/live` | GET | anyone | 200 while the process runs |
 //! | `/ready` | GET | anyone | 200 once listeners are up (and the certificate and first view are in), 503 before and while draining |
-//! | `/metrics` | GET | anyone | Prometheus text exposition |
+//! | `/metrics` | GET | anyone | OpenMetrics, or the Prometheus text format for `Accept: text/plain` |
 //! | `/config` | GET | localhost | bootstrap settings, the current snapshot and view, as JSON |
 //! | `/shutdown` | POST | localhost | starts a graceful drain |
 //! | `/log-level` | GET, PUT | localhost | reads or replaces the log filter |
@@ -110,7 +110,10 @@ impl Admin {
                     text(StatusCode::OK, "ready\n")
                 }
             }
-            (&Method::GET, "/metrics") => self.metrics(),
+            (&Method::GET, "/metrics") => {
+                let accept = req.headers().get(header::ACCEPT);
+                self.metrics(accept.and_then(|v| v.to_str().ok()))
+            }
             (&Method::GET, "/config") => {
                 let view = self.views.as_ref().and_then(|views| views.load_full());
                 let body = serde_json::json!({
@@ -145,7 +148,9 @@ impl Admin {
         }
     }
 
-    fn metrics(&self) -> Response<Full<Bytes>> {
+    /// OpenMetrics, or the Prometheus text format when `accept` asks for `text/plain`
+    /// ([`weft_api::metrics`]).
+    fn metrics(&self, accept: Option<&str>) -> Response<Full<Bytes>> {
         let mut out = String::with_capacity(16 * 1024);
         if let Err(error) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
             return text(
@@ -153,12 +158,11 @@ impl Admin {
                 format!("encoding metrics failed: {error}\n"),
             );
         }
-        let mut rsp = Response::new(Full::new(Bytes::from(out)));
+        let (body, content_type) = weft_api::metrics::negotiate(out, accept);
+        let mut rsp = Response::new(Full::new(Bytes::from(body)));
         rsp.headers_mut().insert(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8"
-                .parse()
-                .expect("static header value"),
+            http::HeaderValue::from_static(content_type),
         );
         rsp
     }

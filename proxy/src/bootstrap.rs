@@ -109,6 +109,14 @@ pub struct RunArgs {
     /// policies) from the control plane; without it, no view and no authorization.
     #[arg(long, env = "WEFT_POD_NAME")]
     pub pod_name: Option<String>,
+
+    /// Distributed tracing: OTLP export of a span per request (off without a collector).
+    #[command(flatten)]
+    pub trace: crate::trace::TraceArgs,
+
+    /// Access log destination, `stdout` or a file, when the config file has no `accessLog`.
+    #[arg(long, env = "WEFT_ACCESS_LOG")]
+    pub access_log: Option<crate::access_log::Destination>,
 }
 
 /// Where a projected service-account token for the identity audience is mounted by the

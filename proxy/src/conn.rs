@@ -45,6 +45,8 @@ pub struct Shared {
     pub tls: SharedTls,
     /// Inbound authorization with the view from the control plane; `None` without discovery.
     pub authz: Option<Authz>,
+    /// Tracing and the access log.
+    pub observe: crate::trace::Observer,
 }
 
 /// Which listener accepted the connection.
@@ -314,6 +316,9 @@ async fn serve_stream<S>(
                     tunnel_idle_timeout: config.tcp_idle_timeout,
                 },
                 authz,
+                observe: shared
+                    .observe
+                    .connection(config, route.direction, client_id.as_ref()),
                 services: match route.direction {
                     Direction::Outbound => shared.authz.as_ref().map(|a| a.views.clone()),
                     Direction::Inbound => None,

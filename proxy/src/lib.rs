@@ -5,8 +5,10 @@
 //! requests over pooled upstream connections, or [`tcp`] copies its bytes; inbound, [`authz`]
 //! decides each request first. [`config`] holds the snapshot every connection reads,
 //! [`discovery`] the view the control plane pushes, [`identity`] the workload certificate,
-//! [`admin`] the operator's endpoints, [`drain`] the graceful shutdown.
+//! [`admin`] the operator's endpoints, [`drain`] the graceful shutdown. [`trace`] (spans) and
+//! [`access_log`] record each request.
 
+pub mod access_log;
 pub mod admin;
 pub mod authz;
 pub mod bootstrap;
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod orig_dst;
 pub mod tcp;
 pub mod tls;
+pub mod trace;
 pub mod traffic;
 pub mod wait_ready;
 
@@ -57,6 +60,8 @@ pub enum StartError {
     Identity(#[from] identity::IdentityError),
     #[error(transparent)]
     Discovery(#[from] discovery::DiscoveryError),
+    #[error(transparent)]
+    Trace(#[from] trace::TraceError),
     #[error("cannot install signal handler: {0}")]
     Signal(std::io::Error),
 }
@@ -71,6 +76,8 @@ pub struct Proxy {
     drain_signal: drain::Signal,
     drain_watch: drain::Watch,
     grace: Duration,
+    /// Tracing and the access log, flushed after the drain.
+    observe: trace::Observer,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
@@ -79,11 +86,13 @@ impl Proxy {
     pub async fn start(args: RunArgs, set_log_filter: SetLogFilter) -> Result<Proxy, StartError> {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
+        metrics.proxy_info(args.identity.namespace.as_deref(), args.pod_name.as_deref());
         let initial = match &args.config {
             Some(path) => config::load_file(path)?,
             None => Config::default(),
         };
         let store = ConfigStore::new(initial);
+        let observe = trace::Observer::start(&args, &store, &mut registry)?;
         let watcher = match &args.config {
             Some(path) => Some(config::spawn_reloader(
                 path.clone(),
@@ -100,6 +109,9 @@ impl Proxy {
             (Some(settings), Some(tls)) => {
                 let views =
                     discovery::start(settings, tls.clone(), &mut registry, drain_watch.clone())?;
+                registry.register_collector(Box::new(traffic::metrics::TrafficCollector::new(
+                    views.clone(),
+                )));
                 Some(authz::Authz::new(
                     views,
                     authz::AuthzMetrics::new(&mut registry),
@@ -116,6 +128,7 @@ impl Proxy {
             pool: http::pool::Pool::new(tls.clone()),
             tls: tls.clone(),
             authz: authz.clone(),
+            observe: observe.clone(),
         });
 
         let admin_listener = listener::bind(args.admin_addr).await?;
@@ -174,6 +187,7 @@ impl Proxy {
             drain_signal,
             drain_watch,
             grace: args.shutdown_grace,
+            observe,
             _watcher: watcher,
         })
     }
@@ -204,6 +218,8 @@ impl Proxy {
                 tracing::warn!("grace period over; cutting remaining connections")
             }
         }
+        // Spans and log lines of the last requests; bounded, the process is about to exit.
+        self.observe.flush(Duration::from_secs(2)).await;
         drained
     }
 }

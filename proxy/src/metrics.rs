@@ -1,9 +1,17 @@
-//! The proxy's Prometheus metrics. Every family is labelled by `direction` and `target`
-//! (the destination `ip:port`, or a static listener's name) — never by anything a client
-//! controls per request, such as a path, so cardinality stays bounded by what the pod talks to.
+//! The proxy's Prometheus metrics. Traffic families are labelled by `direction` and `target`
+//! (a meshed Service port `namespace/name:port`, else the destination `ip:port`, or a static
+//! listener's name) and the mesh identities — never by anything a client controls per
+//! request, such as a path, so cardinality stays bounded by what the pod talks to. Every
+//! family, its labels and their bounds: docs/metrics.md.
 //!
 //! Hot paths don't look families up per request: a connection resolves its target once and
 //! keeps a [`TargetMetrics`] of ready handles (each an `Arc` around atomics).
+//!
+//! gRPC responses are counted by their final `grpc-status` ([`grpc`]); the traffic
+//! management state (breakers, ejections, budgets) is read at scrape time
+//! ([`crate::traffic::metrics`]).
+
+pub mod grpc;
 
 use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
@@ -147,6 +155,10 @@ pub struct Metrics {
     config_reloads: Family<ReloadLabels, Counter>,
     retries: Family<RetryLabels, Counter>,
     budget_exhausted: Family<ServiceLabel, Counter>,
+    grpc_responses: Family<grpc::GrpcLabels, Counter>,
+    overflows: Family<OverflowLabels, Counter>,
+    routes: Family<RouteLabels, Counter>,
+    info: Family<InfoLabels, Gauge>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -160,6 +172,33 @@ struct RetryLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ServiceLabel {
     target: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverflowLabels {
+    /// `namespace/name:port` of the Service called.
+    target: String,
+    /// The breaker limit that refused: `requests`, `pending`, `connections`.
+    limit: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    /// `namespace/name:port` of the Service called.
+    target: String,
+    /// `namespace/name` of the HTTPRoute whose rule matched.
+    route: String,
+    /// `namespace/name:port` of the backend the rule's weights picked.
+    backend: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InfoLabels {
+    version: &'static str,
+    /// The pod's namespace and name, as the proxy was told (empty when it wasn't). Not
+    /// `namespace`/`pod`: Prometheus's Kubernetes discovery sets those as target labels.
+    workload_namespace: String,
+    workload_pod: String,
 }
 
 impl Metrics {
@@ -178,6 +217,10 @@ impl Metrics {
             config_reloads: Family::default(),
             retries: Family::default(),
             budget_exhausted: Family::default(),
+            grpc_responses: Family::default(),
+            overflows: Family::default(),
+            routes: Family::default(),
+            info: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("weft");
         r.register("requests", "HTTP requests received", m.requests.clone());
@@ -232,7 +275,60 @@ impl Metrics {
             "Retries a Service's retry budget refused (the failure went back to the caller)",
             m.budget_exhausted.clone(),
         );
+        r.register(
+            "grpc_responses",
+            "gRPC responses (HTTP 2xx, content-type application/grpc), by final grpc-status (empty: the stream ended without one)",
+            m.grpc_responses.clone(),
+        );
+        r.register(
+            "circuit_breaker_overflows",
+            "Requests a Service's circuit breaker refused at once (503), by the limit that refused",
+            m.overflows.clone(),
+        );
+        r.register(
+            "route_requests",
+            "Requests an HTTPRoute rule matched, by the backend its weights picked",
+            m.routes.clone(),
+        );
+        r.register(
+            "proxy_info",
+            "The proxy's version and the pod it serves (always 1)",
+            m.info.clone(),
+        );
         m
+    }
+
+    /// Sets `weft_proxy_info`: which build this is and, when known, for which pod.
+    pub fn proxy_info(&self, namespace: Option<&str>, pod: Option<&str>) {
+        self.info.clear();
+        self.info
+            .get_or_create(&InfoLabels {
+                version: env!("CARGO_PKG_VERSION"),
+                workload_namespace: namespace.unwrap_or_default().to_owned(),
+                workload_pod: pod.unwrap_or_default().to_owned(),
+            })
+            .set(1);
+    }
+
+    /// A Service's circuit breaker refused a request.
+    pub fn breaker_overflow(&self, target: &str, limit: &'static str) {
+        self.overflows
+            .get_or_create(&OverflowLabels {
+                target: target.to_owned(),
+                limit,
+            })
+            .inc();
+    }
+
+    /// A rule of `route` matched a request for `target` and sent it to `backend`.
+    pub fn route_request(&self, target: &str, route: &str, backend: &str) {
+        self.routes
+            .get_or_create(&RouteLabels {
+                target: target.to_owned(),
+                route: route.to_owned(),
+                backend: backend.to_owned(),
+            })
+            .inc();
     }
 
     pub fn retry(&self, target: &str, condition: &'static str) {
@@ -282,6 +378,10 @@ impl Metrics {
             tcp_open: self.tcp_open.get_or_create(&labels).clone(),
             tcp_opened: self.tcp_opened.get_or_create(&labels).clone(),
             responses: Default::default(),
+            grpc: Arc::new(grpc::GrpcCounters::new(
+                self.grpc_responses.clone(),
+                labels.clone(),
+            )),
             family: self.clone(),
             labels,
         }
@@ -324,6 +424,8 @@ pub struct TargetMetrics {
     /// Response counters by status class, looked up on first use: a series exists only for
     /// the classes that occur, and later responses skip the label lookup.
     responses: Arc<[OnceLock<Counter>; 5]>,
+    /// gRPC responses by status, counted when the status is known ([`grpc`]).
+    grpc: Arc<grpc::GrpcCounters>,
     family: Metrics,
     labels: TargetLabels,
 }
@@ -331,6 +433,7 @@ pub struct TargetMetrics {
 impl TargetMetrics {
     pub fn response(&self, status: http::StatusCode, latency: Duration) {
         self.latency.observe(latency.as_secs_f64());
+        grpc::responded(&self.grpc);
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         // StatusCode is always 100..=999; everything from 500 up counts as a server error.
         let class = (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1;

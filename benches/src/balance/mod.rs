@@ -64,6 +64,8 @@ pub struct Options {
     /// Core of the load generator and the endpoints, and core of the proxy; `None`: unpinned.
     pub load_core: Option<usize>,
     pub proxy_core: Option<usize>,
+    /// Scheduling of the benchmark's processes (proxy, load generator and endpoints).
+    pub sched: Sched,
     /// Wait (bounded) for the machine to be less busy than this before each run.
     pub quiet_threshold: f64,
     pub quiet_wait: Duration,
@@ -125,6 +127,7 @@ pub fn run(opts: &Options) -> anyhow::Result<BalanceResults> {
     if let Some(core) = opts.load_core {
         pin_current_thread(core)?;
     }
+    set_current_thread_sched(opts.sched)?;
     let endpoints = Endpoints::start(endpoint_port, SLOW, opts.slow)?;
     eprintln!(
         "   control plane ready; endpoints {} (the last adds {:?})",
@@ -282,7 +285,7 @@ fn start_proxy(
     ];
     let place = Placement {
         core: opts.proxy_core,
-        sched: Sched::Normal,
+        sched: opts.sched,
     };
     // Warnings only: a benchmark should not measure log formatting.
     let env = [("WEFT_LOG", "warn")];
@@ -340,6 +343,27 @@ fn pin_current_thread(core: usize) -> anyhow::Result<()> {
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
             return Err(std::io::Error::last_os_error()).context(format!("pinning to core {core}"));
         }
+    }
+    Ok(())
+}
+
+/// Gives the calling thread (and the threads it starts later, which inherit it) the
+/// scheduling the benchmark's child processes get ([`crate::harness::process::command`]).
+fn set_current_thread_sched(sched: Sched) -> anyhow::Result<()> {
+    // SAFETY: plain syscalls on the calling thread.
+    let rc = unsafe {
+        match sched {
+            Sched::Normal => 0,
+            Sched::Nice => libc::setpriority(libc::PRIO_PROCESS, 0, -19),
+            Sched::Fifo => {
+                let param = libc::sched_param { sched_priority: 10 };
+                libc::sched_setscheduler(0, libc::SCHED_FIFO, &param)
+            }
+        }
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context(format!("setting {sched:?} scheduling"));
     }
     Ok(())
 }

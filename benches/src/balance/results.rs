@@ -86,6 +86,12 @@ impl BalanceResults {
             }
             _ => "unpinned".into(),
         };
+        let pinning = pinning
+            + match opts.sched {
+                crate::harness::process::Sched::Normal => "",
+                crate::harness::process::Sched::Nice => ", all benchmark processes at nice -19",
+                crate::harness::process::Sched::Fifo => ", all benchmark processes SCHED_FIFO",
+            };
         BalanceResults {
             date_utc: crate::harness::utc_now(),
             machine: crate::harness::machine(),

@@ -16,7 +16,7 @@ use anyhow::Context;
 use clap::Parser;
 use weft_bench::balance::manifests::Balancer;
 use weft_bench::balance::{self, Options};
-use weft_bench::harness::process::have_taskset;
+use weft_bench::harness::process::{have_taskset, Sched};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +60,11 @@ struct Args {
     /// Do not pin anything.
     #[arg(long)]
     no_pin: bool,
+    /// Scheduling of the proxy, the load generator and the endpoints: normal, nice (-19) or
+    /// fifo (SCHED_FIFO 10; needs root or CAP_SYS_NICE). Raise it when other work shares the
+    /// machine.
+    #[arg(long, value_enum, default_value = "normal")]
+    sched: SchedArg,
     /// Before each run, wait (up to --quiet-wait s) for the machine to be less busy than this
     /// share.
     #[arg(long, default_value_t = 0.10)]
@@ -72,6 +77,13 @@ struct Args {
     /// Where the JSON goes; the Markdown table is written next to it (.md).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/balance.json"))]
     out: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SchedArg {
+    Normal,
+    Nice,
+    Fifo,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -120,6 +132,11 @@ fn main() -> anyhow::Result<()> {
         slow: Duration::from_millis(args.slow_ms),
         load_core: pin.then_some(args.load_core),
         proxy_core: pin.then_some(args.proxy_core),
+        sched: match args.sched {
+            SchedArg::Normal => Sched::Normal,
+            SchedArg::Nice => Sched::Nice,
+            SchedArg::Fifo => Sched::Fifo,
+        },
         quiet_threshold: args.quiet_threshold,
         quiet_wait: Duration::from_secs(args.quiet_wait),
         keep_dir: args.keep_dir,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use weft_bench::harness;
+use weft_bench::harness::process::Sched;
 use weft_bench::propagation::mesh::Change;
 use weft_bench::propagation::results::{PropagationResults, Settings};
 use weft_bench::propagation::{self, Options};
@@ -44,9 +45,23 @@ struct Args {
     /// proxy; opt-in because that takes seconds per thousand proxies, see the README).
     #[arg(long, value_delimiter = ',', default_value = "selective,mesh-wide", value_parser = parse_change)]
     changes: Vec<Change>,
+    /// A round whose change spread while other work used more than this share (0..1) of the
+    /// machine is repeated …
+    #[arg(long, default_value_t = 0.10)]
+    disturbance_threshold: f64,
+    /// … up to this many times, keeping the least disturbed attempt.
+    #[arg(long, default_value_t = 2)]
+    retries: u32,
+    /// Before each change, wait up to this many seconds for the machine to be under 25 % busy.
+    #[arg(long, default_value_t = 20.0)]
+    quiet_before_change: f64,
     /// Before each size, wait up to this many seconds for the machine to be under 25 % busy.
     #[arg(long, default_value_t = 60)]
     quiet_wait: u64,
+    /// Scheduling of the control plane and of this process (the simulated proxies): normal,
+    /// or nice (-19) to shield both from other work on a shared machine.
+    #[arg(long, value_enum, default_value = "normal")]
+    sched: SchedArg,
     /// Proxies connecting (and receiving their first view) at once.
     #[arg(long, default_value_t = 64)]
     connect_concurrency: usize,
@@ -93,6 +108,46 @@ struct Args {
     out: PathBuf,
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum SchedArg {
+    Normal,
+    Nice,
+}
+
+/// The commit and whether the control plane's sources differ from it (what was measured).
+fn source_state() -> String {
+    let repo = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(repo)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let Some(head) = git(&["rev-parse", "--short", "HEAD"]) else {
+        return "unknown (no git)".into();
+    };
+    let dirty = git(&[
+        "status",
+        "--porcelain",
+        "--",
+        "control-plane",
+        "api",
+        "fswatch",
+        "tls",
+        "Cargo.lock",
+    ])
+    .map_or(0, |s| s.lines().count());
+    if dirty == 0 {
+        format!("commit {head}")
+    } else {
+        format!("commit {head} + {dirty} file(s) of control-plane/api/fswatch/tls changed in the working tree")
+    }
+}
+
 fn parse_change(text: &str) -> Result<Change, String> {
     match text {
         "selective" => Ok(Change::Selective),
@@ -113,6 +168,20 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let sched = match args.sched {
+        SchedArg::Normal => Sched::Normal,
+        SchedArg::Nice => {
+            // Before any thread exists: threads inherit the nice value of their creator.
+            // SAFETY: setpriority on this (the main) thread.
+            if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, -19) } != 0 {
+                anyhow::bail!(
+                    "--sched nice: setpriority: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            Sched::Nice
+        }
+    };
     let control_plane = match args.control_plane {
         Some(path) => path,
         None => std::env::current_exe()?
@@ -129,6 +198,10 @@ fn main() -> anyhow::Result<()> {
         control_plane: control_plane.clone(),
         rounds: args.rounds,
         changes: args.changes.clone(),
+        sched,
+        disturbance_threshold: args.disturbance_threshold,
+        retries: args.retries,
+        quiet_before_change: Duration::from_secs_f64(args.quiet_before_change),
         quiet_wait: Duration::from_secs(args.quiet_wait),
         connect_concurrency: args.connect_concurrency.max(1),
         client_threads: args.client_threads.max(1),
@@ -148,12 +221,17 @@ fn main() -> anyhow::Result<()> {
         settings: Settings {
             rounds: opts.rounds,
             changes: opts.changes.clone(),
+            sched: format!("{:?}", args.sched).to_lowercase(),
+            retries: args.retries,
+            disturbance_threshold: args.disturbance_threshold,
+            quiet_before_change_s: args.quiet_before_change,
             connect_concurrency: opts.connect_concurrency,
             client_threads: opts.client_threads,
             change_timeout_s: args.change_timeout,
             quiet_s: args.quiet,
             poll_ms: args.poll_ms,
             control_plane: control_plane.display().to_string(),
+            source: source_state(),
             control_plane_log: args.cp_log,
             control_plane_env: args
                 .cp_env

@@ -60,6 +60,22 @@ fn as_expected(change: Change, round: u32, update: &Update) -> bool {
     }
 }
 
+/// Waits (bounded) until the machine is less than `threshold` busy over a second.
+pub async fn wait_until_quiet(threshold: f64, max_wait: Duration) -> Option<f64> {
+    let deadline = Instant::now() + max_wait;
+    loop {
+        let before = machine_jiffies()?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = machine_jiffies()?;
+        let busy = (after.busy - before.busy) as f64 / (after.total - before.total).max(1) as f64;
+        if busy < threshold || Instant::now() >= deadline {
+            return Some(busy);
+        }
+    }
+}
+
+/// Makes edit number `round` of `change` (each edit has new content: the round is written
+/// into the policy, or decides the endpoint's readiness) and measures it.
 pub async fn change(
     ctx: &mut Context<'_>,
     change: Change,
@@ -97,6 +113,8 @@ pub async fn change(
     let mut aborted = None;
     let deadline = t0 + ctx.timeout;
     let mut quiet_end: Option<Instant> = None;
+    // When the last affected proxy had it: (time, machine, control plane, this process).
+    let mut completed: Option<(Instant, Option<Jiffies>, u64, u64)> = None;
     let mut poll = tokio::time::interval(ctx.poll);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -127,6 +145,12 @@ pub async fn change(
                             }
                             if received == expected_count {
                                 quiet_end = Some(Instant::now() + ctx.quiet);
+                                completed = Some((
+                                    Instant::now(),
+                                    machine_jiffies(),
+                                    procfs::cpu_ticks(ctx.cp_pid).unwrap_or(0),
+                                    procfs::cpu_ticks(std::process::id()).unwrap_or(0),
+                                ));
                             }
                         }
                     }
@@ -180,12 +204,26 @@ pub async fn change(
     let latency = Percentiles::of(&samples_ms);
     let breakdown = breakdown(ctx.log, t0_wall, latency.max_ms);
     let client_cpu = self_cpu() - self_before;
+    let tick_ms = 1e3 / procfs::ticks_per_second() as f64;
+    // Other work while the change was spreading (rename → last affected proxy): what can
+    // have delayed it. The quiet window after it does not count.
+    let (active_ms, other_active_ms) = match (completed, machine_before) {
+        (Some((at, Some(machine), cp, own)), Some(before)) => (
+            Some(at.duration_since(t0).as_secs_f64() * 1e3),
+            Some(
+                (machine.busy - before.busy)
+                    .saturating_sub(cp - cp_ticks_before + own - self_ticks_before)
+                    as f64
+                    * tick_ms,
+            ),
+        ),
+        _ => (None, None),
+    };
     let (cp_cpu_ms, other_cpu_ms, steal_ms, cp_memory, cp_counted) = if aborted.is_some() {
         (0.0, None, None, Memory::default(), Counters::default())
     } else {
         let cp_ticks = procfs::cpu_ticks(ctx.cp_pid)? - cp_ticks_before;
         let self_ticks = procfs::cpu_ticks(std::process::id())? - self_ticks_before;
-        let tick_ms = 1e3 / procfs::ticks_per_second() as f64;
         let (other, steal) = match machine_before.zip(machine_jiffies()) {
             Some((b, a)) => (
                 Some((a.busy - b.busy).saturating_sub(cp_ticks + self_ticks) as f64 * tick_ms),
@@ -223,6 +261,9 @@ pub async fn change(
         client_cpu_ms: client_cpu.as_secs_f64() * 1e3,
         other_cpu_ms,
         steal_ms,
+        active_ms,
+        other_active_ms,
+        attempts: 1,
         update_bytes: if received > 0 {
             bytes as f64 / received as f64
         } else {
@@ -270,6 +311,8 @@ pub fn self_cpu() -> Duration {
 struct Jiffies {
     /// user + nice + system + irq + softirq: work done in this VM.
     busy: u64,
+    /// Every field (idle and steal included).
+    total: u64,
     /// Time the hypervisor ran something else while this VM wanted to run.
     steal: u64,
 }
@@ -286,6 +329,7 @@ fn machine_jiffies() -> Option<Jiffies> {
     let field = |i: usize| v.get(i).copied().unwrap_or(0);
     Some(Jiffies {
         busy: field(0) + field(1) + field(2) + field(5) + field(6),
+        total: (0..8).map(field).sum(),
         steal: field(7),
     })
 }

@@ -86,6 +86,12 @@ pub struct ChangeResult {
     pub other_cpu_ms: Option<f64>,
     /// CPU time the hypervisor took from this VM over the window (noise: steal).
     pub steal_ms: Option<f64>,
+    /// From the rename until the last affected proxy had the update, milliseconds.
+    pub active_ms: Option<f64>,
+    /// CPU used by other work in the VM during `active_ms`: what can have delayed the change.
+    pub other_active_ms: Option<f64>,
+    /// Edits made for this round (a disturbed one is repeated; the least disturbed is kept).
+    pub attempts: u32,
     /// Mean size of the update an affected proxy received (protobuf bytes).
     pub update_bytes: f64,
     /// The control plane's memory at the end of the window (VmHWM: its peak so far).
@@ -98,6 +104,16 @@ pub struct ChangeResult {
     pub counts_match: bool,
     /// Set when the control plane was killed at the memory limit during the change.
     pub aborted: Option<String>,
+}
+
+impl ChangeResult {
+    /// The share (0..1) of the machine's CPUs other work used while the change spread.
+    pub fn disturbance(&self, nproc: usize) -> f64 {
+        match (self.other_active_ms, self.active_ms) {
+            (Some(other), Some(active)) if active > 0.0 => other / (active * nproc.max(1) as f64),
+            _ => 0.0,
+        }
+    }
 }
 
 /// A change as the control plane logged it: milliseconds from the rename.
@@ -137,6 +153,10 @@ pub struct ChangeSummary {
     pub client_cpu_ms: f64,
     pub other_cpu_ms: f64,
     pub steal_ms: f64,
+    /// Largest share of the machine other work used while a kept round spread.
+    pub max_disturbance: f64,
+    /// Edits made in all (more than `rounds` when disturbed rounds were repeated).
+    pub edits: u32,
     pub update_bytes: f64,
     pub breakdown: Breakdown,
     /// The control plane's peak RSS (VmHWM) after the last round, KiB.
@@ -145,7 +165,7 @@ pub struct ChangeSummary {
 }
 
 impl ChangeSummary {
-    pub fn of(change: Change, rounds: &[&ChangeResult]) -> Self {
+    pub fn of(change: Change, rounds: &[&ChangeResult], nproc: usize) -> Self {
         let all: Vec<f64> = rounds
             .iter()
             .flat_map(|r| r.samples_ms.iter().copied())
@@ -175,6 +195,11 @@ impl ChangeSummary {
             client_cpu_ms: median(rounds.iter().map(|r| r.client_cpu_ms).collect()),
             other_cpu_ms: median(rounds.iter().filter_map(|r| r.other_cpu_ms).collect()),
             steal_ms: median(rounds.iter().filter_map(|r| r.steal_ms).collect()),
+            max_disturbance: rounds
+                .iter()
+                .map(|r| r.disturbance(nproc))
+                .fold(0.0, f64::max),
+            edits: rounds.iter().map(|r| r.attempts).sum(),
             update_bytes: median(rounds.iter().map(|r| r.update_bytes).collect()),
             breakdown: Breakdown {
                 loaded_ms: median_of(&|b| b.loaded_ms),
@@ -255,12 +280,19 @@ pub struct SizeResult {
 pub struct Settings {
     pub rounds: u32,
     pub changes: Vec<Change>,
+    /// `normal`, or `nice` (the control plane and the benchmark at nice -19).
+    pub sched: String,
+    pub retries: u32,
+    pub disturbance_threshold: f64,
+    pub quiet_before_change_s: f64,
     pub connect_concurrency: usize,
     pub client_threads: usize,
     pub change_timeout_s: f64,
     pub quiet_s: f64,
     pub poll_ms: u64,
     pub control_plane: String,
+    /// The commit the control plane was built from (and whether its sources were modified).
+    pub source: String,
     pub control_plane_log: String,
     /// Extra environment the control plane ran with (`--cp-env`).
     pub control_plane_env: Vec<String>,
@@ -336,33 +368,45 @@ impl PropagationResults {
         let s = &self.settings;
         let _ = writeln!(
             out,
-            "Measured {} on {} cores ({}), kernel {}; load average at start {}. \
+            "Measured {} ({}) on {} cores ({}), kernel {}; load average at start {}. \
              {} round(s) of each change; proxies connected {} at a time; the simulated proxies ran \
-             in the benchmark process on {} thread(s), unpinned, on the same 2 cores as the control plane.\n",
+             in the benchmark process on {} thread(s), unpinned, on the same 2 cores as the control plane; \
+             scheduling: {}.\n",
             self.date_utc,
+            s.source,
             m.nproc,
             m.cpu_model,
             m.kernel,
             m.loadavg_at_start,
             s.rounds,
             s.connect_concurrency,
-            s.client_threads
+            s.client_threads,
+            if s.sched == "nice" {
+                "control plane and benchmark at nice -19"
+            } else {
+                "normal"
+            }
         );
         let _ = writeln!(
             out,
             "Latency: file renamed into the watched directory → the simulated proxy has the new view \
              and has queued its ack; p50/p99/max over every affected proxy of every round. \
              \"All had it\": per round, the last affected proxy. \"CP counted\": per round, when \
-             `weft_cp_acks_total` had every ack (polled every {} ms).\n",
-            s.poll_ms
+             `weft_cp_acks_total` had every ack (polled every {} ms). \
+             \"Other work while spreading\": the share of both CPUs used by other processes between \
+             the rename and the last proxy (a round above {:.0} % is repeated, up to {} times, and the \
+             least disturbed kept; \"edits\" counts every attempt).\n",
+            s.poll_ms,
+            s.disturbance_threshold * 100.0,
+            s.retries
         );
         let _ = writeln!(
             out,
-            "| proxies / pods | change | affected | p50 ms | p99 ms | max ms | all had it, per round (ms) | CP counted all acks (ms) | unaffected updates | wrong parts / content | CP CPU ms / change | sim. proxies CPU ms | other work / steal ms | update bytes | counters match |"
+            "| proxies / pods | change | affected | p50 ms | p99 ms | max ms | all had it, per round (ms) | CP counted all acks (ms) | unaffected updates | wrong parts / content | CP CPU ms / change | sim. proxies CPU ms | other work while spreading (worst round) | edits | update bytes | counters match |"
         );
         let _ = writeln!(
             out,
-            "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|---:|---|"
+            "|---|---|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
         );
         for size in &self.sizes {
             for sum in &size.summaries {
@@ -392,7 +436,7 @@ impl PropagationResults {
                 }
                 let _ = writeln!(
                     out,
-                    "| {} / {} | {} | {}{} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {:.0} | {:.0} | {:.0} / {:.0} | {:.0} | {} |",
+                    "| {} / {} | {} | {}{} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} / {} | {:.0} | {:.0} | {:.0} % | {} | {:.0} | {} |",
                     size.proxies,
                     size.pods,
                     sum.change.name(),
@@ -408,8 +452,8 @@ impl PropagationResults {
                     sum.wrong_content,
                     sum.cp_cpu_ms,
                     sum.client_cpu_ms,
-                    sum.other_cpu_ms,
-                    sum.steal_ms,
+                    sum.max_disturbance * 100.0,
+                    sum.edits,
                     sum.update_bytes,
                     if sum.counts_match { "yes" } else { "**no**" },
                 );

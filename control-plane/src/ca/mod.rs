@@ -14,6 +14,7 @@ mod authority;
 mod csr;
 mod error;
 pub mod local;
+pub mod metrics;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};

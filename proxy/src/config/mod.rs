@@ -112,6 +112,10 @@ pub struct Config {
     pub max_header_bytes: usize,
     pub inbound_mtls: InboundMtls,
     pub listeners: Vec<StaticListener>,
+    /// One JSON line per request ([`crate::access_log`]); off when absent, unless
+    /// `--access-log` names a destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<crate::access_log::AccessLogConfig>,
 }
 
 impl Default for Config {
@@ -127,6 +131,7 @@ impl Default for Config {
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             inbound_mtls: InboundMtls::default(),
             listeners: Vec::new(),
+            access_log: None,
         }
     }
 }

@@ -60,15 +60,26 @@ pub struct Forwarder {
     pub scope: ConnScope,
     /// Inbound with a view from the control plane: every request is authorized first.
     pub authz: Option<ConnAuthz>,
+    /// Tracing and the access log of this connection's requests ([`crate::trace`]).
+    pub observe: crate::trace::ConnObserver,
     /// Outbound with a view from the control plane: calls to its Services are routed,
     /// balanced and retried ([`crate::traffic`]).
     pub services: Option<Arc<ViewStore>>,
 }
 
 impl Forwarder {
+    /// Handles one request, traced and logged when tracing or the access log is on.
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+        match self.observe.start(&mut req) {
+            Some(exchange) => exchange.run(self.dispatch(req)).await,
+            None => self.dispatch(req).await,
+        }
+    }
+
+    async fn dispatch(&self, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         if let Some((table, target)) = self.service_for(&req) {
+            crate::trace::request::note_service(&target, &req);
             let metrics = self.metrics.for_target(self.direction, &target.label, None);
             metrics.requests.inc();
             let rsp = match crate::traffic::call::call(self, &table, &target, req).await {
@@ -176,6 +187,7 @@ impl Forwarder {
         B: http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static,
     {
         use http_body_util::BodyExt;
+        crate::trace::request::note_upstream(target);
         let upgrade = self.version == Version::Http1 && is_upgrade_request(req.headers());
         // Only the mesh hop may carry the marker; whatever arrives with it is restored.
         let crossed_as_h1 = req
@@ -245,6 +257,7 @@ impl Forwarder {
         target: &Upstream,
         req: Request<Incoming>,
     ) -> Result<Response<Body>, ProxyError> {
+        crate::trace::request::note_upstream(target);
         let upstream = connect(target.addr, self.connect_timeout).await?;
         self.spawn_tunnel(target.addr, async move {
             let downstream = hyper::upgrade::on(req).await?;

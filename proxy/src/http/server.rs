@@ -14,7 +14,7 @@ use super::forward::Forwarder;
 use super::head_timeout::HeadTimer;
 use super::pool::Version;
 use crate::config::Config;
-use crate::metrics::ErrorKind;
+use crate::metrics::{grpc, ErrorKind};
 
 /// Serves HTTP on `io` until the client is done, the connection fails, or a drain completes.
 /// Returns the error kind to count when the connection ended abnormally.
@@ -33,8 +33,7 @@ where
                 let guard = timer.request_started();
                 async move {
                     Ok::<_, Infallible>(
-                        forwarder
-                            .handle(req)
+                        grpc::track(forwarder.handle(req))
                             .await
                             .map(|b| OnEnd::new(b, move || drop(guard))),
                     )
@@ -59,7 +58,7 @@ where
         Version::Http2 => {
             let service = service_fn(move |req| {
                 let forwarder = forwarder.clone();
-                async move { Ok::<_, Infallible>(forwarder.handle(req).await) }
+                async move { Ok::<_, Infallible>(grpc::track(forwarder.handle(req)).await) }
             });
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder

@@ -334,7 +334,17 @@ pub struct Balancer {
     /// Serializes ejection decisions, so two endpoints tripping at once cannot both take the
     /// last place the ejection limit leaves. Taken only when an endpoint trips.
     ejecting: Mutex<()>,
+    /// Shared with the balancer the next view builds for the same Service, so the counts
+    /// (exported as counters) never go back.
+    stats: Arc<BalancerStats>,
+}
+
+/// What a Service's balancer did, for `weft_balancer_panics_total` and
+/// `weft_outlier_ejections_total`.
+#[derive(Debug, Default)]
+pub struct BalancerStats {
     panics: AtomicU64,
+    ejections: AtomicU64,
 }
 
 impl Balancer {
@@ -345,8 +355,15 @@ impl Balancer {
             outlier: OutlierConfig::default(),
             cursor: AtomicUsize::new(0),
             ejecting: Mutex::new(()),
-            panics: AtomicU64::new(0),
+            stats: Arc::default(),
         }
+    }
+
+    /// Keeps counting where `previous` (the same Service's balancer in the last view) left
+    /// off.
+    pub fn continuing(mut self, previous: &Balancer) -> Self {
+        self.stats = previous.stats.clone();
+        self
     }
 
     /// The Service's outlier ejection settings.
@@ -365,7 +382,13 @@ impl Balancer {
 
     /// How often `choose` found nothing eligible and chose ignoring ejection.
     pub fn panics(&self) -> u64 {
-        self.panics.load(Ordering::Relaxed)
+        self.stats.panics.load(Ordering::Relaxed)
+    }
+
+    /// How many endpoints the balancer ejected after a run of failures (a failed probation
+    /// probe sends an endpoint back out without a new decision; that is not counted).
+    pub fn ejections(&self) -> u64 {
+        self.stats.ejections.load(Ordering::Relaxed)
     }
 
     /// Picks among endpoints that are ready and not ejected (outlier state consulted at
@@ -391,7 +414,7 @@ impl Balancer {
             }
         }
         let pick = self.pick(endpoints, now, rng, Mode::Panic)?;
-        self.panics.fetch_add(1, Ordering::Relaxed);
+        self.stats.panics.fetch_add(1, Ordering::Relaxed);
         Some(endpoints[pick.index].clone())
     }
 
@@ -513,6 +536,7 @@ impl Balancer {
         }
         if self.outlier.may_eject(out, ready) {
             state.outlier.eject(now, &self.outlier);
+            self.stats.ejections.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 endpoint = %endpoints[index].addr,
                 status = ?state.outlier.status(now),

@@ -43,13 +43,13 @@ pub async fn call(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let service = &target.service;
-    let _admitted = service
-        .breaker
-        .try_request()
-        .map_err(|limit| ProxyError::Overflow {
+    let _admitted = service.breaker.try_request().map_err(|limit| {
+        fwd.metrics.breaker_overflow(&target.label, limit.as_str());
+        ProxyError::Overflow {
             target: target.label.clone(),
             limit,
-        })?;
+        }
+    })?;
     let mut rng = fastrand::Rng::new();
     let (backend, timeouts) = if target.routes.is_empty() {
         (target.clone(), service.settings.timeouts)
@@ -68,6 +68,8 @@ pub async fn call(
             .ok_or_else(|| ProxyError::NoBackend {
                 route: rule.route.to_string(),
             })?;
+        fwd.metrics
+            .route_request(&target.label, &rule.route.to_string(), &backend.label);
         let timeouts = service
             .settings
             .timeouts

@@ -6,12 +6,13 @@
 //!
 //! Defaults and the `TrafficPolicy` fields that change them: docs/traffic.md.
 
-pub mod route;
-pub mod retry;
-pub mod budget;
-pub mod policy;
 pub mod balance;
 pub mod breaker;
-pub mod outlier;
-pub mod services;
+pub mod budget;
 pub mod call;
+pub mod metrics;
+pub mod outlier;
+pub mod policy;
+pub mod retry;
+pub mod route;
+pub mod services;

@@ -84,6 +84,11 @@ impl ServiceTable {
         self.by_name.is_empty()
     }
 
+    /// Every Service port, in no particular order (for metrics).
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<Target>> {
+        self.by_name.values()
+    }
+
     /// Compiles `outbound`, keeping what `previous` learned about unchanged endpoints and
     /// Services. Fails (and the caller keeps `previous`) when a route cannot be used.
     pub fn build(
@@ -150,10 +155,13 @@ fn service_state(service: &pb::Service, previous: &ServiceTable) -> ServiceState
         Some(old) if old.settings.retry.budget == settings.retry.budget => old.budget.clone(),
         _ => Arc::new(RetryBudget::new(settings.retry.budget)),
     };
-    let balancer = Balancer::new(LoadBalancer::from_proto(settings.load_balancer as i32))
+    let mut balancer = Balancer::new(LoadBalancer::from_proto(settings.load_balancer as i32))
         .with_outlier(OutlierConfig::from_proto(
             settings.outlier_detection.as_ref(),
         ));
+    if let Some(old) = old {
+        balancer = balancer.continuing(&old.balancer);
+    }
     ServiceState {
         namespace: service.namespace.clone(),
         name: service.name.clone(),
