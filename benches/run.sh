@@ -6,6 +6,8 @@
 #   benches/run.sh            # full run, ~10 s per measurement (a few minutes in all)
 #   benches/run.sh --quick    # 3 s per measurement, for iterating
 #   benches/run.sh --help     # every option (scenarios, rate, cores, output path…)
+#   benches/run.sh --propagation [options]   # instead: the control-plane propagation
+#                             # benchmark (issue 4), results/propagation.{md,json}; see README
 #
 # Results: a table on stdout, benches/results/latest.json and benches/results/latest.md.
 # If weft-proxy does not build, its scenarios are skipped (never run on a stale binary).
@@ -14,6 +16,17 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
+
+# Opt-in: the control-plane propagation benchmark. It starts the weft-control-plane binary,
+# so that is built first (never run on a stale one); options go to weft-propagation
+# (`--proxies 1000,10000`, `--rounds`, `--changes`, `--sched nice`, `--help`).
+if [[ "${1:-}" == "--propagation" ]]; then
+    shift
+    cargo build --release -p weft-control-plane
+    cargo build --release -p weft-bench --features propagation --bin weft-propagation
+    exec "$target_dir/release/weft-propagation" \
+        --control-plane "$target_dir/release/weft-control-plane" "$@"
+fi
 
 cargo build --release -p weft-bench
 

@@ -89,6 +89,9 @@ impl FromStr for ProxyAddr {
 
 /// One proxy's scrape: what it said, when.
 struct Reading {
+    /// Where it was read: what pairs it with the same proxy's earlier reading.
+    addr: SocketAddr,
+    /// The row it adds to.
     name: String,
     at: Instant,
     scrape: Scrape,
@@ -243,7 +246,7 @@ struct Row {
 fn rows(previous: &[Reading], current: &[Reading], direction: Direction) -> Vec<Row> {
     let mut merged: BTreeMap<(String, String), Row> = BTreeMap::new();
     for now in current {
-        let before = previous.iter().find(|r| r.name == now.name);
+        let before = previous.iter().find(|r| r.addr == now.addr);
         let earlier = before.map(|b| totals_by_target(&b.scrape, direction));
         for (target, totals) in totals_by_target(&now.scrape, direction) {
             let window = match (&earlier, before) {
@@ -444,7 +447,12 @@ async fn scrape_all(sources: &[ProxyAddr]) -> (Vec<Reading>, Vec<String>) {
                 let name = (source.name.clone())
                     .or_else(|| workload_of(&scrape))
                     .unwrap_or_else(|| source.addr.to_string());
-                readings.push(Reading { name, at, scrape });
+                readings.push(Reading {
+                    addr: source.addr,
+                    name,
+                    at,
+                    scrape,
+                });
             }
             Err(error) => {
                 let who = match &source.name {
@@ -573,6 +581,7 @@ mod tests {
     fn rows_are_rates_over_the_window() {
         let t0 = Instant::now();
         let reading = |at: Instant, text: String| Reading {
+            addr: "127.0.0.1:15020".parse().unwrap(),
             name: workload_of(&scrape(&text)).unwrap(),
             at,
             scrape: scrape(&text),
@@ -625,6 +634,7 @@ mod tests {
     fn outbound_rows_are_per_target_and_a_restart_counts_from_zero() {
         let t0 = Instant::now();
         let reading = |at: Instant, text: String| Reading {
+            addr: "127.0.0.1:15020".parse().unwrap(),
             name: "web".into(),
             at,
             scrape: scrape(&text),
@@ -652,6 +662,25 @@ mod tests {
         }
         .render();
         assert!(table.starts_with("WORKLOAD  TARGET  RPS"), "{table}");
+    }
+
+    #[test]
+    fn replicas_with_one_name_are_added_up() {
+        let t0 = Instant::now();
+        let reading = |port: u16, at: Instant, requests: u32| Reading {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            name: "orders".into(),
+            at,
+            scrape: scrape(&page(requests, 0, [0, 0, requests])),
+        };
+        let later = t0 + Duration::from_secs(1);
+        let before = vec![reading(1, t0, 10), reading(2, t0, 1000)];
+        let after = vec![reading(1, later, 20), reading(2, later, 1005)];
+        let rows = rows(&before, &after, Direction::Inbound);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].total_requests, 1025.0);
+        let (window, elapsed) = rows[0].window.clone().unwrap();
+        assert_eq!((window.requests, elapsed), (15.0, Duration::from_secs(1)));
     }
 
     #[test]

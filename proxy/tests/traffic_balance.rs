@@ -285,3 +285,50 @@ async fn meshed_endpoints_are_reached_over_mtls_with_their_identity_checked() {
     assert_ne!(outcome.status, StatusCode::OK, "{}", outcome.text());
     assert_eq!(app.requests(), before, "nothing reached the app");
 }
+
+/// A response whose body is still streaming is a request in flight: with `maxRequests: 1`
+/// the next request overflows until that body has ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_response_holds_its_place_under_the_circuit_breaker() {
+    let upstream = Faulty::start(
+        "orders",
+        Faults {
+            body_delay: Duration::from_millis(500),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let mut orders = service("orders", &[upstream.addr]);
+    orders.traffic_policy = Some(pb::TrafficPolicy {
+        circuit_breaker: Some(pb::CircuitBreaker {
+            max_requests: Some(1),
+            ..Default::default()
+        }),
+        ..policy("orders")
+    });
+    let mesh = TrafficMesh::start(vec![orders]).await;
+
+    let mut streaming = support::H1Client::connect(mesh.outbound()).await;
+    let head = streaming
+        .send(request(Method::GET, "orders", "/stream", Bytes::new()))
+        .await;
+    assert_eq!(head.status(), StatusCode::OK);
+    // The head is here, the body is not: the first request still holds the only place.
+    let (during, _) = mesh.get("orders", "/during").await;
+    let reply = support::read_reply(head).await;
+    assert_eq!(reply.text(), "orders", "the streamed body arrives whole");
+    let (after, _) = mesh.get("orders", "/after").await;
+    println!(
+        "max_requests 1: a request while a response body streams → {} {:?}; after it ended → {}",
+        during.status,
+        during.proxy_error(),
+        after.status
+    );
+    assert_eq!(during.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(during.proxy_error(), Some("overflow-requests"));
+    assert_eq!(
+        after.status,
+        StatusCode::OK,
+        "the place is free once the body ended"
+    );
+}

@@ -73,7 +73,7 @@ impl Change {
 
 /// Whether pod-0's endpoint is ready in `round` of [`Change::Endpoints`] (ready at start).
 pub fn endpoint_ready(round: u32) -> bool {
-    round % 2 == 0
+    round.is_multiple_of(2)
 }
 
 /// The Service and the workload whose endpoint [`Change::Endpoints`] flips.

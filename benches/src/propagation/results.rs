@@ -55,8 +55,8 @@ pub struct ChangeResult {
     pub received: usize,
     /// Per affected proxy: rename → update received and its ack queued, milliseconds.
     pub latency: Percentiles,
-    /// The per-proxy latencies (ms), sorted by proxy index; for re-analysis.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// The per-proxy latencies (ms), in proxy order (not written: 10,000 per round).
+    #[serde(skip)]
     pub samples_ms: Vec<f64>,
     /// Rename → the control plane's `weft_cp_acks_total` counted every ack (polled every
     /// `poll_ms`, so up to that much late), milliseconds.
@@ -344,6 +344,9 @@ impl PropagationResults {
         }
         for size in &self.sizes {
             let policy = || size.summaries.iter().filter(|s| s.change.is_policy());
+            if policy().next().is_none() {
+                continue;
+            }
             let unaffected: usize = policy().map(|s| s.unaffected_updates).sum();
             let outbound: usize = policy().map(|s| s.with_outbound).sum();
             let wrong: usize = policy().map(|s| s.wrong_content).sum();

@@ -107,9 +107,18 @@ fn endpoints_by_service(
             .or_default();
         add_slice(state, settings, namespace, slice, endpoints);
     }
+    // The same endpoint listed twice (two slices during a migration) is kept once. Endpoints
+    // sharing an address but not their ports are different (hostNetwork pods on one node;
+    // local mode, where every sidecar listens on 127.0.0.1): all are kept.
+    let ports = |e: &pb::Endpoint| {
+        let mut ports: Vec<(String, u32)> =
+            e.ports.iter().map(|p| (p.name.clone(), p.port)).collect();
+        ports.sort();
+        ports
+    };
     for endpoints in by_service.values_mut() {
-        endpoints.sort_by(|a, b| a.address.cmp(&b.address));
-        endpoints.dedup_by(|a, b| a.address == b.address);
+        endpoints.sort_by_cached_key(|e| (e.address.clone(), ports(e)));
+        endpoints.dedup_by(|a, b| a.address == b.address && ports(a) == ports(b));
     }
     by_service
 }

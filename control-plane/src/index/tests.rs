@@ -201,6 +201,33 @@ fn endpoints_carry_the_identity_only_of_meshed_pods() {
     );
 }
 
+#[test]
+fn endpoints_sharing_an_address_are_kept_apart_by_their_ports() {
+    // Local mode: every sidecar listens on 127.0.0.1, one slice per pod. Only the same
+    // address with the same ports (one endpoint in two slices) is listed once.
+    let slice = |name: &str, port: u16| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: {name}, namespace: shop, labels: {{kubernetes.io/service-name: orders}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints: [{{addresses: [127.0.0.1]}}]\n"
+        )
+    };
+    let yaml = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: orders, namespace: shop}}\n\
+         spec: {{ports: [{{name: http, port: 80}}]}}\n---\n{}---\n{}---\n{}",
+        slice("a", 17206),
+        slice("b", 17306),
+        slice("a-again", 17206)
+    );
+    let (views, _) = Index::new(settings()).compute(&state_from(&yaml));
+    let ports: Vec<u32> = views.outbound.message.services[0]
+        .endpoints
+        .iter()
+        .map(|e| e.ports[0].port)
+        .collect();
+    assert_eq!(ports, [17206, 17306]);
+}
+
 const ROUTES: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute

@@ -30,6 +30,7 @@ use super::balance::Outcome;
 use super::policy::TimeoutKind;
 use super::retry::Attempt;
 use super::services::{ServiceState, ServiceTable, Target};
+use crate::http::body::OnEnd;
 use crate::http::error::{full, ProxyError};
 use crate::http::forward::Forwarder;
 use crate::http::Body;
@@ -43,7 +44,7 @@ pub async fn call(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, ProxyError> {
     let service = &target.service;
-    let _admitted = service.breaker.try_request().map_err(|limit| {
+    let admitted = service.breaker.try_request().map_err(|limit| {
         fwd.metrics.breaker_overflow(&target.label, limit.as_str());
         ProxyError::Overflow {
             target: target.label.clone(),
@@ -78,7 +79,7 @@ pub async fn call(
     };
     let try_timeout = service.settings.try_timeout(&timeouts);
     let attempts = attempts(fwd, service, &backend, req, try_timeout, &mut rng);
-    match timeouts.request {
+    let rsp = match timeouts.request {
         Some(limit) => {
             tokio::time::timeout(limit, attempts)
                 .await
@@ -88,7 +89,10 @@ pub async fn call(
                 }))
         }
         None => attempts.await,
-    }
+    }?;
+    // The request is in flight until its response body ends (or is dropped): a streaming
+    // response keeps its place under `maxRequests`.
+    Ok(rsp.map(|body| OnEnd::new(body, move || drop(admitted)).boxed_unsync()))
 }
 
 /// The request body: kept to be sent again, or streamed once.

@@ -13,14 +13,18 @@
 //! count the upstream's own requests; only [`Share::Random`] draws.
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body::Frame;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -31,7 +35,7 @@ use tokio::time::Instant;
 use weft_api::proto::discovery::v1 as pb;
 
 use super::discovery::{inbound, TestControlPlane};
-use super::{admin, eventually, full, within, Body, Scrape, TestProxy, WAIT};
+use super::{admin, eventually, full, within, Body, BoxError, Scrape, TestProxy, WAIT};
 
 // ---------------------------------------------------------------------------------------------
 // The fault-injecting upstream
@@ -74,6 +78,8 @@ pub struct Faults {
     pub delay: Duration,
     /// Added to these requests, on top of `delay`.
     pub extra_delay: Option<(Duration, Share)>,
+    /// A response's head is sent at once, its body after this long (a streaming response).
+    pub body_delay: Duration,
 }
 
 impl Faults {
@@ -326,11 +332,42 @@ async fn handle(
             (StatusCode::OK, state.name.clone())
         }
     };
-    let mut rsp = Response::new(full(text));
+    let body = if faults.body_delay.is_zero() {
+        full(text)
+    } else {
+        DelayedBody {
+            sleep: Box::pin(tokio::time::sleep(faults.body_delay)),
+            data: Some(Bytes::from(text)),
+        }
+        .boxed_unsync()
+    };
+    let mut rsp = Response::new(body);
     *rsp.status_mut() = status;
     rsp.headers_mut()
         .insert("x-upstream", state.name.parse().unwrap());
     Ok(rsp)
+}
+
+/// A body whose one frame comes after a sleep.
+struct DelayedBody {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    data: Option<Bytes>,
+}
+
+impl http_body::Body for DelayedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.data.is_none() {
+            return Poll::Ready(None);
+        }
+        ready!(self.sleep.as_mut().poll(cx));
+        Poll::Ready(self.data.take().map(|data| Ok(Frame::data(data))))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
