@@ -80,7 +80,9 @@ impl Forwarder {
         let started = Instant::now();
         if let Some((table, target)) = self.service_for(&req) {
             crate::trace::request::note_service(&target, &req);
-            let metrics = self.metrics.for_target(self.direction, &target.label, None);
+            let metrics =
+                self.metrics
+                    .for_target(self.direction, &target.label, target.identity.as_ref());
             metrics.requests.inc();
             let rsp = match crate::traffic::call::call(self, &table, &target, req).await {
                 Ok(rsp) => rsp,

@@ -54,6 +54,10 @@ pub struct Target {
     pub routes: RouteTable,
     /// The endpoints, at the port this Service port maps to on each.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// The identity every endpoint presents, when they share one (the usual case: one
+    /// service account behind a Service): the `server_id` label of calls to it, known
+    /// before the balancer picks an endpoint.
+    pub identity: Option<SpiffeId>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -110,12 +114,15 @@ impl ServiceTable {
                     }
                 })?;
                 let old = previous.by_name.get(&key);
+                let endpoints = endpoints(service, port, old.map(|t| t.endpoints.as_slice()));
+                let identity = shared_identity(&endpoints);
                 let target = Arc::new(Target {
                     service: state.clone(),
                     port: number,
                     label: format!("{}/{}:{number}", service.namespace, service.name),
                     routes,
-                    endpoints: endpoints(service, port, old.map(|t| t.endpoints.as_slice())),
+                    endpoints,
+                    identity,
                 });
                 for ip in &service.cluster_ips {
                     if let Ok(ip) = ip.parse::<IpAddr>() {
@@ -170,6 +177,14 @@ fn service_state(service: &pb::Service, previous: &ServiceTable) -> ServiceState
         budget,
         balancer,
     }
+}
+
+fn shared_identity(endpoints: &[Arc<Endpoint>]) -> Option<SpiffeId> {
+    let first = endpoints.first()?.identity.clone()?;
+    endpoints
+        .iter()
+        .all(|e| e.identity.as_ref() == Some(&first))
+        .then_some(first)
 }
 
 /// The Service port's endpoints: each address at the port the EndpointSlice names for this
