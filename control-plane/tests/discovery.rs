@@ -365,7 +365,10 @@ async fn invalid_input_is_reported_and_the_last_good_state_stays() {
         "{body}"
     );
     let metrics = http_get(admin, "/metrics").await;
-    assert!(metrics.contains("weft_cp_invalid_objects 1"), "{metrics}");
+    assert!(
+        metrics.lines().any(|l| l == "weft_cp_invalid_objects 1"),
+        "the gauge, by its exact name:\n{metrics}"
+    );
 
     // Fixed: pushed, and the problem is gone.
     mesh.write_policy(&policy("spiffe://cluster.local/ns/shop/sa/frontend"));

@@ -82,6 +82,9 @@ async fn a_90_10_split_lands_within_two_points_over_10000_requests() {
     assert_eq!(v1.requests() + v2.requests(), 10_000);
 }
 
+/// A request (method, path and query, headers) and the Service it must reach (`None`: 404).
+type Case<'a> = (Method, &'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+
 #[tokio::test]
 async fn rules_match_on_path_headers_method_and_query_and_nothing_else_is_404() {
     use pb::PathMatchKind::{Exact, Prefix, Regex};
@@ -149,7 +152,7 @@ async fn rules_match_on_path_headers_method_and_query_and_nothing_else_is_404() 
     services.push(orders);
     let mesh = TrafficMesh::start(services).await;
 
-    let cases: &[(Method, &str, &[(&str, &str)], Option<&str>)] = &[
+    let cases: &[Case] = &[
         (Method::GET, "/exact", &[], Some("exact")),
         (Method::GET, "/exact?x=1", &[], Some("exact")),
         (Method::GET, "/exact/more", &[], None),

@@ -59,7 +59,7 @@ impl Share {
         match self {
             Share::None => false,
             Share::All => true,
-            Share::EveryNth(every) => every > 0 && n % every == 0,
+            Share::EveryNth(every) => every > 0 && n.is_multiple_of(every),
             Share::Random(p) => fastrand::f64() < p,
         }
     }
