@@ -86,7 +86,10 @@ impl Errors {
     pub(crate) fn regex(&mut self, field: &str, pattern: &str) {
         // The proxy's dialect: bytes, ASCII classes (no \p{..}); accepting more here would
         // pass a route the proxy then rejects.
-        if let Err(e) = regex::bytes::RegexBuilder::new(pattern).unicode(false).build() {
+        if let Err(e) = regex::bytes::RegexBuilder::new(pattern)
+            .unicode(false)
+            .build()
+        {
             // The parser's message is several lines (the pattern, a caret, then
             // "error: ..."); the last line is the useful part.
             let text = e.to_string();
