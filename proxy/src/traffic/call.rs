@@ -203,8 +203,8 @@ async fn attempts(
     }
 }
 
-/// Buffers the body for retries when it is known to fit (`Content-Length`) or turns out to
-/// fit while read; a body that is larger, or of unknown size and larger, is sent once.
+/// Buffers the body for retries when `Content-Length` says it fits; a larger body, or one of
+/// unknown length, is streamed once (its request is not retried).
 async fn buffer(parts: &Parts, body: Incoming, limit: usize) -> Result<Payload, ProxyError> {
     use http_body::Body as _;
     if body.is_end_stream() {
