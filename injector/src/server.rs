@@ -263,13 +263,18 @@ async fn route(req: Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n")
             }
         }
-        (&Method::GET, "/metrics") => Response::builder()
-            .header(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )
-            .body(Full::new(Bytes::from(state.metrics.encode())))
-            .expect("a valid response"),
+        (&Method::GET, "/metrics") => {
+            // OpenMetrics for Prometheus; the text format for tools that ask (promtool).
+            let accept = req
+                .headers()
+                .get(header::ACCEPT)
+                .and_then(|v| v.to_str().ok());
+            let (body, content_type) = weft_api::metrics::negotiate(state.metrics.encode(), accept);
+            Response::builder()
+                .header(header::CONTENT_TYPE, content_type)
+                .body(Full::new(Bytes::from(body)))
+                .expect("a static header and a body are a valid response")
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found: try POST /mutate, /live, /ready, /metrics\n",

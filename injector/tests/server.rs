@@ -218,6 +218,25 @@ async fn metrics_count_injections_skips_and_errors() {
         assert!(metrics.contains(line), "{line} in\n{metrics}");
     }
     assert!(metrics.contains("weft_injector_cert_expiration_timestamp_seconds "));
+
+    // promtool reads the Prometheus text format, which a scraper asks for by Accept.
+    let mut req = support::https::get("/metrics");
+    req.headers_mut()
+        .insert("accept", "text/plain; version=0.0.4".parse().unwrap());
+    let rsp = h1.send(req).await;
+    assert!(rsp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain; version=0.0.4"));
+    let plain = text(rsp.body());
+    assert!(
+        plain.contains("# TYPE weft_injector_injections_total counter"),
+        "{plain}"
+    );
+    assert!(
+        !plain.contains("# EOF"),
+        "no OpenMetrics terminator:\n{plain}"
+    );
 }
 
 #[tokio::test]
