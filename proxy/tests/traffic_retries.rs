@@ -76,6 +76,48 @@ async fn one_bad_endpoint_of_three(faults: Faults, what: &str) {
     );
 }
 
+/// An endpoint failing every other request is never ejected (its failures are never five in
+/// a row), so only retries protect the callers, and a retry must not land on it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_step_away_from_an_endpoint_failing_every_other_request() {
+    let _heavy = exclusive().await;
+    let a = Faulty::start("a", Faults::healthy()).await;
+    let b = Faulty::start("b", Faults::healthy()).await;
+    let flaky = Faulty::start(
+        "flaky",
+        Faults {
+            fail: Some((
+                StatusCode::SERVICE_UNAVAILABLE,
+                support::faulty::Share::EveryNth(2),
+            )),
+            ..Faults::default()
+        },
+    )
+    .await;
+    let mesh = TrafficMesh::start(vec![service("orders", &[a.addr, flaky.addr, b.addr])]).await;
+    let spec = LoadSpec::new(10_000, 16, Duration::from_secs(30));
+    let report = load(mesh.outbound(), spec, |i| {
+        request(Method::GET, "orders", &format!("/item/{i}"), Bytes::new())
+    })
+    .await;
+    println!(
+        "one endpoint of three failing every other request: {:.3}% success; it saw {} requests; {}",
+        100.0 * report.success_ratio(),
+        flaky.requests(),
+        report.summary()
+    );
+    assert_eq!(report.sent, 10_000);
+    assert!(
+        flaky.requests() > 100,
+        "the flaky endpoint stayed in rotation"
+    );
+    assert!(
+        report.success_ratio() >= 0.999,
+        "at least 99.9% success: {}",
+        report.summary()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_endpoint_failing_every_request_with_503_costs_under_a_tenth_of_a_percent() {
     one_bad_endpoint_of_three(Faults::failing(503), "failing with 503").await;

@@ -131,12 +131,13 @@ async fn attempts(
         Payload::Once(Some(body))
     };
     let mut retries = 0;
+    // The endpoint whose failure is being retried: an endpoint that fails every other
+    // request is never ejected (no failures in a row), so without this a retry would land
+    // on it again as often as the balancer's odds say.
+    let mut failed: Option<std::net::SocketAddr> = None;
     loop {
-        let endpoint = backend
-            .service
-            .balancer
-            .choose(&backend.endpoints, Instant::now(), rng)
-            .ok_or_else(|| ProxyError::NoEndpoints {
+        let endpoint =
+            choose_other_than(backend, failed, rng).ok_or_else(|| ProxyError::NoEndpoints {
                 target: backend.label.clone(),
             })?;
         let upstream = Upstream {
@@ -189,6 +190,7 @@ async fn attempts(
         let wants_retry = retry_for.is_some() && payload.replayable() && retries < policy.attempts;
         if wants_retry && service.budget.try_withdraw(Instant::now()) {
             retries += 1;
+            failed = Some(upstream.addr);
             let condition = retry_for.map(|c| c.as_str()).unwrap_or("");
             tracing::debug!(target = %backend.label, endpoint = %upstream.addr, retries, condition, "retrying");
             fwd.metrics.retry(&backend.label, condition);
@@ -201,6 +203,29 @@ async fn attempts(
         }
         return response.map(|(head, body)| Response::from_parts(head, body));
     }
+}
+
+/// The balancer's choice among the endpoints other than the one that just failed, when there
+/// are others it may use; otherwise among all of them. (The filtered list is built only on
+/// a retry, which is rare and already pays a backoff.)
+fn choose_other_than(
+    backend: &Target,
+    failed: Option<std::net::SocketAddr>,
+    rng: &mut fastrand::Rng,
+) -> Option<Arc<super::balance::Endpoint>> {
+    let balancer = &backend.service.balancer;
+    if let Some(failed) = failed {
+        let others: Vec<_> = backend
+            .endpoints
+            .iter()
+            .filter(|e| e.addr != failed)
+            .cloned()
+            .collect();
+        if let Some(other) = balancer.choose(&others, Instant::now(), rng) {
+            return Some(other);
+        }
+    }
+    balancer.choose(&backend.endpoints, Instant::now(), rng)
 }
 
 /// Buffers the body for retries when `Content-Length` says it fits; a larger body, or one of
