@@ -94,7 +94,18 @@ async fn retries_step_away_from_an_endpoint_failing_every_other_request() {
         },
     )
     .await;
-    let mesh = TrafficMesh::start(vec![service("orders", &[a.addr, flaky.addr, b.addr])]).await;
+    // P2C likes the flaky endpoint's fast answers, so it draws a large share and about a
+    // fifth of all requests need a retry: a budget of half the requests keeps the budget out
+    // of the picture, and what is measured is where the retries land.
+    let mut orders = service("orders", &[a.addr, flaky.addr, b.addr]);
+    orders.traffic_policy = Some(pb::TrafficPolicy {
+        retries: Some(pb::Retries {
+            budget_ratio: Some(0.5),
+            ..Default::default()
+        }),
+        ..policy("orders")
+    });
+    let mesh = TrafficMesh::start(vec![orders]).await;
     let spec = LoadSpec::new(10_000, 16, Duration::from_secs(30));
     let report = load(mesh.outbound(), spec, |i| {
         request(Method::GET, "orders", &format!("/item/{i}"), Bytes::new())
@@ -111,9 +122,12 @@ async fn retries_step_away_from_an_endpoint_failing_every_other_request() {
         flaky.requests() > 100,
         "the flaky endpoint stayed in rotation"
     );
-    assert!(
-        report.success_ratio() >= 0.999,
-        "at least 99.9% success: {}",
+    // Every failure was retried on a healthy endpoint, so none reached a client. (Retrying
+    // on the same endpoint lost 5–25 of 10,000 here.)
+    assert_eq!(
+        report.ok(),
+        report.sent,
+        "no failure reached a client: {}",
         report.summary()
     );
 }
