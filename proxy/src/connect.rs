@@ -64,13 +64,16 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, C
 }
 
 /// Connects to `upstream`: plain TCP, or mesh TLS with `alpn` when the upstream has an
-/// identity. The handshake shares the connect timeout.
+/// identity. One `timeout` bounds both the TCP connect and the handshake, and either one
+/// running out is a [`ConnectError::Timeout`]: to the caller a peer that accepts and never
+/// finishes the handshake is as unreachable as one that never accepts.
 pub async fn connect_upstream(
     upstream: &Upstream,
     tls: &SharedTls,
     alpn: &[&[u8]],
     timeout: Duration,
 ) -> Result<UpstreamIo, ConnectError> {
+    let started = tokio::time::Instant::now();
     let tcp = connect(upstream.addr, timeout).await?;
     let Some(identity) = &upstream.identity else {
         return Ok(UpstreamIo::Plain(tcp));
@@ -81,8 +84,12 @@ pub async fn connect_upstream(
             identity: identity.clone(),
         });
     };
-    let stream = crate::tls::connect(tls, tcp, upstream.addr, identity, alpn, timeout).await?;
-    Ok(UpstreamIo::Tls(Box::new(stream)))
+    let remaining = timeout.saturating_sub(started.elapsed());
+    match crate::tls::connect(tls, tcp, upstream.addr, identity, alpn, remaining).await {
+        Ok(stream) => Ok(UpstreamIo::Tls(Box::new(stream))),
+        Err(HandshakeError::Timeout { addr, .. }) => Err(ConnectError::Timeout { addr, timeout }),
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// An upstream connection: plain TCP or mesh TLS.

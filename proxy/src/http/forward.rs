@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::error::{empty, ProxyError};
 use super::headers::{is_upgrade_request, strip_hop_by_hop};
-use super::pool::{Pool, Version};
+use super::pool::{ConnectSettings, Pool, Version};
 use super::Body;
 use crate::authz::ConnAuthz;
 use crate::conn::{with_idle_timeout, ConnScope};
@@ -183,7 +183,22 @@ impl Forwarder {
     pub async fn forward_to<B>(
         &self,
         target: &Upstream,
+        req: Request<B>,
+    ) -> Result<Response<Body>, ProxyError>
+    where
+        B: http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static,
+    {
+        let settings = ConnectSettings::plain(self.connect_timeout);
+        self.forward_via(target, req, &settings).await
+    }
+
+    /// [`forward_to`](Self::forward_to) with the connection timeouts and limits of the
+    /// Service being called.
+    pub async fn forward_via<B>(
+        &self,
+        target: &Upstream,
         mut req: Request<B>,
+        settings: &ConnectSettings<'_>,
     ) -> Result<Response<Body>, ProxyError>
     where
         B: http_body::Body<Data = bytes::Bytes, Error = hyper::Error> + Send + 'static,
@@ -231,7 +246,7 @@ impl Forwarder {
         let req = req.map(|b| b.boxed_unsync());
         let mut rsp = self
             .pool
-            .send(target, upstream_version, req, self.connect_timeout)
+            .send(target, upstream_version, req, settings)
             .await?;
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(downstream)) =

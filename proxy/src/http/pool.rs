@@ -8,6 +8,15 @@
 //! A request that finds its pooled connection closed before the request could be written is
 //! sent again on a fresh connection: that race (the server closed an idle connection just as
 //! we picked it) is the one failure a client can never cause, so it must never surface.
+//!
+//! A call to a meshed Service brings the Service's circuit breaker
+//! ([`ConnectSettings::limits`]): every connection to its endpoints holds a place under
+//! `max_connections` until it closes, and a request waiting for a connection (being opened
+//! for it, or freed when the Service is at its limit) holds a place under
+//! `max_pending_requests`. At the connection limit a request first takes an idle connection
+//! if one comes back, else waits for one to close, for at most the connect timeout; then it
+//! is refused (503, `overflow-connections`). Connections to an endpoint that two Services
+//! share are pooled once, and count against the Service that opened them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +34,7 @@ use super::error::ProxyError;
 use super::Body;
 use crate::connect::{connect_upstream, ConnectError};
 use crate::tls::{SharedTls, Upstream, ALPN_H2, ALPN_HTTP1};
+use crate::traffic::breaker::{ConnectionPermit, Overflow, PendingPermit, ServiceBreaker};
 
 /// Idle connections kept per target. Enough for a busy caller's steady concurrency; beyond
 /// it, connections are closed rather than hoarded by one sidecar.
@@ -45,10 +55,67 @@ pub enum Version {
 /// handshake, which is nothing next to the requests it carried.
 pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 
+/// What a request brings to the pool besides its target: the timeouts and limits of the
+/// Service it calls, or the proxy's own for everything else.
+#[derive(Clone, Copy)]
+pub struct ConnectSettings<'a> {
+    /// Bounds opening a connection (TCP and TLS), and separately the wait for a connection
+    /// when the Service is at its connection limit.
+    pub connect_timeout: Duration,
+    /// How long a connection this request opens or returns may sit unused in the pool.
+    pub idle_timeout: Duration,
+    /// The called Service's limits; `None` for traffic that is not a call to a Service.
+    pub limits: Option<ServiceLimits<'a>>,
+}
+
+impl ConnectSettings<'_> {
+    /// No Service limits, the pool's idle timeout.
+    pub fn plain(connect_timeout: Duration) -> ConnectSettings<'static> {
+        ConnectSettings {
+            connect_timeout,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            limits: None,
+        }
+    }
+}
+
+/// A Service's circuit breaker and its name for the 503.
+#[derive(Clone, Copy)]
+pub struct ServiceLimits<'a> {
+    pub breaker: &'a ServiceBreaker,
+    /// `namespace/name:port`, as in metrics.
+    pub target: &'a str,
+}
+
+impl ServiceLimits<'_> {
+    fn overflow(&self, limit: Overflow) -> ProxyError {
+        ProxyError::Overflow {
+            target: self.target.to_owned(),
+            limit,
+        }
+    }
+
+    /// A place for a request waiting for a connection.
+    fn pending(&self) -> Result<PendingPermit, ProxyError> {
+        self.breaker.try_pending().map_err(|l| self.overflow(l))
+    }
+}
+
 struct Idle {
     tx: http1::SendRequest<Body>,
     opened: Instant,
     since: Instant,
+    idle_timeout: Duration,
+    /// Told when the connection goes back to the pool: a request may be waiting for it.
+    breaker: Option<ServiceBreaker>,
+}
+
+impl Idle {
+    fn usable(&self) -> bool {
+        !self.tx.is_closed()
+            && self.since.elapsed() < self.idle_timeout
+            && self.opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE
+    }
 }
 
 pub struct Pool {
@@ -57,7 +124,6 @@ pub struct Pool {
     /// The workload identity meshed upstreams are reached with.
     tls: SharedTls,
     max_idle_per_target: usize,
-    idle_timeout: Duration,
 }
 
 impl Pool {
@@ -67,7 +133,6 @@ impl Pool {
             h2: Mutex::default(),
             tls,
             max_idle_per_target: DEFAULT_MAX_IDLE_PER_TARGET,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         });
         tokio::spawn(sweep(Arc::downgrade(&pool)));
         pool
@@ -79,11 +144,11 @@ impl Pool {
         target: &Upstream,
         version: Version,
         req: Request<Body>,
-        connect_timeout: Duration,
+        settings: &ConnectSettings<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         match version {
-            Version::Http1 => self.send_http1(target, req, connect_timeout).await,
-            Version::Http2 => self.send_http2(target, req, connect_timeout).await,
+            Version::Http1 => self.send_http1(target, req, settings).await,
+            Version::Http2 => self.send_http2(target, req, settings).await,
         }
     }
 
@@ -91,39 +156,79 @@ impl Pool {
         self: &Arc<Self>,
         target: &Upstream,
         mut req: Request<Body>,
-        connect_timeout: Duration,
+        settings: &ConnectSettings<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         let upstream_err = |source| ProxyError::Upstream {
             target: target.to_string(),
             source,
         };
-        // Pooled connections first; each may turn out to be closed.
-        while let Some((mut tx, opened)) = self.checkout(target) {
-            if tx.ready().await.is_err() {
-                continue;
+        let mut pending = None;
+        let mut wait_until = None;
+        let permit = loop {
+            // Registered before looking, so a connection released between the look and the
+            // wait still wakes this request.
+            let available = settings.limits.map(|l| l.breaker.connection_available());
+            tokio::pin!(available);
+            if let Some(available) = available.as_mut().as_pin_mut() {
+                available.enable();
             }
-            match tx.try_send_request(req).await {
-                Ok(rsp) => return Ok(self.pooled_response(target, tx, opened, rsp)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(upstream_err(e.into_error())),
-                },
+            // Pooled connections first; each may turn out to be closed.
+            while let Some(conn) = self.checkout(target) {
+                let Idle { mut tx, opened, .. } = conn;
+                if tx.ready().await.is_err() {
+                    continue;
+                }
+                match tx.try_send_request(req).await {
+                    Ok(rsp) => return Ok(self.pooled_response(target, tx, opened, rsp, settings)),
+                    Err(mut e) => match e.take_message() {
+                        Some(unsent) => req = unsent,
+                        None => return Err(upstream_err(e.into_error())),
+                    },
+                }
             }
+            let (Some(limits), Some(available)) = (settings.limits, available.as_pin_mut()) else {
+                break None;
+            };
+            match limits.breaker.try_connection() {
+                Ok(permit) => break Some(permit),
+                Err(_) => {
+                    if pending.is_none() {
+                        pending = Some(limits.pending()?);
+                    }
+                    // An idle connection to another of the Service's endpoints would hold
+                    // its place until it idles out: close it, and this request takes the
+                    // place when its connection task ends.
+                    self.evict_idle(limits.breaker);
+                    let deadline = *wait_until
+                        .get_or_insert_with(|| Instant::now() + settings.connect_timeout);
+                    if tokio::time::timeout_at(deadline, available).await.is_err() {
+                        return Err(limits.overflow(Overflow::Connections));
+                    }
+                }
+            }
+        };
+        // Waiting for the connection to open counts as pending.
+        if pending.is_none() {
+            pending = settings.limits.map(|l| l.pending()).transpose()?;
         }
-        let io = connect_upstream(target, &self.tls, &[ALPN_HTTP1], connect_timeout).await?;
+        let io =
+            connect_upstream(target, &self.tls, &[ALPN_HTTP1], settings.connect_timeout).await?;
         let (mut tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
             .map_err(upstream_err)?;
+        drop(pending);
         let target_name = target.to_string();
         tokio::spawn(async move {
+            // The connection's place under the Service's limit, until it closes.
+            let _permit = permit;
             let target = target_name;
             if let Err(error) = conn.with_upgrades().await {
                 tracing::debug!(%error, %target, "upstream HTTP/1 connection ended with an error");
             }
         });
         let rsp = tx.send_request(req).await.map_err(upstream_err)?;
-        Ok(self.pooled_response(target, tx, Instant::now(), rsp))
+        Ok(self.pooled_response(target, tx, Instant::now(), rsp, settings))
     }
 
     /// Arranges for `tx` to return to the pool once `rsp`'s body is done.
@@ -133,6 +238,7 @@ impl Pool {
         tx: http1::SendRequest<Body>,
         opened: Instant,
         rsp: Response<Incoming>,
+        settings: &ConnectSettings<'_>,
     ) -> Response<Body> {
         use http_body_util::BodyExt;
         if rsp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
@@ -142,41 +248,67 @@ impl Pool {
         let checkin = Checkin {
             pool: Arc::downgrade(self),
             target: target.clone(),
-            tx,
-            opened,
+            idle: Idle {
+                tx,
+                opened,
+                since: opened,
+                idle_timeout: settings.idle_timeout,
+                breaker: settings.limits.map(|l| l.breaker.clone()),
+            },
         };
         rsp.map(|inner| OnEnd::new(inner, move || checkin.run()).boxed_unsync())
     }
 
-    fn checkout(&self, target: &Upstream) -> Option<(http1::SendRequest<Body>, Instant)> {
+    fn checkout(&self, target: &Upstream) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let stack = idle.get_mut(target)?;
         while let Some(entry) = stack.pop() {
-            if !entry.tx.is_closed()
-                && entry.since.elapsed() < self.idle_timeout
-                && entry.opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE
-            {
-                return Some((entry.tx, entry.opened));
+            if entry.usable() {
+                return Some(entry);
             }
         }
         None
     }
 
-    fn checkin(&self, target: &Upstream, tx: http1::SendRequest<Body>, opened: Instant) {
-        if tx.is_closed() || opened.elapsed() >= DEFAULT_MAX_CONNECTION_AGE {
+    /// Closes the oldest idle connection that counts against `breaker`, if there is one.
+    fn evict_idle(&self, breaker: &ServiceBreaker) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut oldest: Option<(&Upstream, usize, Instant)> = None;
+        for (target, stack) in idle.iter() {
+            for (i, entry) in stack.iter().enumerate() {
+                let counts = entry.breaker.as_ref().is_some_and(|b| b.same(breaker));
+                if counts && oldest.is_none_or(|(_, _, since)| entry.since < since) {
+                    oldest = Some((target, i, entry.since));
+                }
+            }
+        }
+        let Some((target, i, _)) = oldest else {
+            return;
+        };
+        let target = target.clone();
+        if let Some(stack) = idle.get_mut(&target) {
+            // Dropping the sender ends the connection task, which drops its permit.
+            drop(stack.remove(i));
+        }
+    }
+
+    fn checkin(&self, target: &Upstream, mut entry: Idle) {
+        if entry.tx.is_closed() || entry.opened.elapsed() >= DEFAULT_MAX_CONNECTION_AGE {
             return;
         }
+        entry.since = Instant::now();
+        let breaker = entry.breaker.clone();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let stack = match idle.get_mut(target) {
             Some(stack) => stack,
             None => idle.entry(target.clone()).or_default(),
         };
         if stack.len() < self.max_idle_per_target {
-            stack.push(Idle {
-                tx,
-                opened,
-                since: Instant::now(),
-            });
+            stack.push(entry);
+        }
+        drop(idle);
+        if let Some(breaker) = breaker {
+            breaker.connection_returned();
         }
     }
 
@@ -184,27 +316,27 @@ impl Pool {
         &self,
         target: &Upstream,
         req: Request<Body>,
-        connect_timeout: Duration,
+        settings: &ConnectSettings<'_>,
     ) -> Result<Response<Body>, ProxyError> {
         use http_body_util::BodyExt;
         let upstream_err = |source| ProxyError::Upstream {
             target: target.to_string(),
             source,
         };
-        let mut tx = self.h2_sender(target, connect_timeout).await?;
+        let mut tx = self.h2_sender(target, settings).await?;
         tx.ready().await.map_err(upstream_err)?;
         let rsp = tx.send_request(req).await.map_err(upstream_err)?;
         Ok(rsp.map(|b| b.boxed_unsync()))
     }
 
     /// The live HTTP/2 connection to `target`, opening it if needed. At most one attempt runs
-    /// per target: requests that arrive meanwhile wait for it and share its outcome, so a cold
-    /// burst opens one connection, and a burst at a dead target fails together after one
-    /// connect timeout instead of one timeout after another.
+    /// per target: requests that arrive meanwhile wait for it (pending) and share its
+    /// outcome, so a cold burst opens one connection, and a burst at a dead target fails
+    /// together after one connect timeout instead of one timeout after another.
     async fn h2_sender(
         &self,
         target: &Upstream,
-        connect_timeout: Duration,
+        settings: &ConnectSettings<'_>,
     ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let slot = self
             .h2
@@ -225,6 +357,7 @@ impl Pool {
         if let Some(tx) = slot.live() {
             return Ok(tx);
         }
+        let _pending = settings.limits.map(|l| l.pending()).transpose()?;
         let seen = slot.attempts.load(Ordering::Acquire);
         let mut last_failure = slot.connecting.lock().await;
         if let Some(tx) = slot.live() {
@@ -235,13 +368,21 @@ impl Pool {
                 return Err(error.clone().into());
             }
         }
-        let result = open_h2(target, &self.tls, connect_timeout).await;
+        let permit = match settings.limits {
+            Some(limits) => Some(connection_permit(limits, settings.connect_timeout).await?),
+            None => None,
+        };
+        let result = open_h2(target, &self.tls, settings.connect_timeout, permit).await;
         slot.attempts.fetch_add(1, Ordering::AcqRel);
         *last_failure = None;
         match result {
             Ok(tx) => {
-                *slot.live.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some((tx.clone(), Instant::now()));
+                *slot.live.lock().unwrap_or_else(|e| e.into_inner()) = Some(LiveH2 {
+                    tx: tx.clone(),
+                    opened: Instant::now(),
+                    last_used: Instant::now(),
+                    idle_timeout: settings.idle_timeout,
+                });
                 Ok(tx)
             }
             Err(ProxyError::Connect(error)) => {
@@ -255,11 +396,7 @@ impl Pool {
     fn sweep_once(&self) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, stack| {
-            stack.retain(|e| {
-                !e.tx.is_closed()
-                    && e.since.elapsed() < self.idle_timeout
-                    && e.opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE
-            });
+            stack.retain(Idle::usable);
             !stack.is_empty()
         });
         drop(idle);
@@ -268,7 +405,7 @@ impl Pool {
         self.h2
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, slot| slot.live().is_some() || slot.connecting.try_lock().is_err());
+            .retain(|_, slot| slot.keep() || slot.connecting.try_lock().is_err());
     }
 
     #[cfg(test)]
@@ -277,10 +414,30 @@ impl Pool {
     }
 }
 
+/// A place under the Service's connection limit, waiting up to `wait` for one to be freed.
+async fn connection_permit(
+    limits: ServiceLimits<'_>,
+    wait: Duration,
+) -> Result<ConnectionPermit, ProxyError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let available = limits.breaker.connection_available();
+        tokio::pin!(available);
+        available.as_mut().enable();
+        if let Ok(permit) = limits.breaker.try_connection() {
+            return Ok(permit);
+        }
+        if tokio::time::timeout_at(deadline, available).await.is_err() {
+            return Err(limits.overflow(Overflow::Connections));
+        }
+    }
+}
+
 async fn open_h2(
     target: &Upstream,
     tls: &SharedTls,
     connect_timeout: Duration,
+    permit: Option<ConnectionPermit>,
 ) -> Result<http2::SendRequest<Body>, ProxyError> {
     let io = connect_upstream(target, tls, &[ALPN_H2], connect_timeout).await?;
     let (tx, conn) = http2::Builder::new(TokioExecutor::new())
@@ -293,6 +450,8 @@ async fn open_h2(
         })?;
     let target = target.to_string();
     tokio::spawn(async move {
+        // The connection's place under the Service's limit, until it closes.
+        let _permit = permit;
         if let Err(error) = conn.await {
             tracing::debug!(%error, %target, "upstream HTTP/2 connection ended with an error");
         }
@@ -303,22 +462,44 @@ async fn open_h2(
 /// One target's HTTP/2 connection, and the lock that serializes attempts to open it.
 #[derive(Default)]
 struct H2Slot {
-    /// The connection and when it was opened.
-    live: Mutex<Option<(http2::SendRequest<Body>, Instant)>>,
+    live: Mutex<Option<LiveH2>>,
     /// Held while an attempt runs; holds the failure of the last attempt, if it failed.
     connecting: tokio::sync::Mutex<Option<ConnectError>>,
     /// Finished attempts, so a waiter can tell that one ended while it waited.
     attempts: AtomicU64,
 }
 
+struct LiveH2 {
+    tx: http2::SendRequest<Body>,
+    opened: Instant,
+    /// When the last request was sent on it.
+    last_used: Instant,
+    idle_timeout: Duration,
+}
+
+impl LiveH2 {
+    fn usable(&self) -> bool {
+        !self.tx.is_closed()
+            && self.opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE
+            && self.last_used.elapsed() < self.idle_timeout
+    }
+}
+
 impl H2Slot {
+    /// The connection for one more request, if it may still take one.
     fn live(&self) -> Option<http2::SendRequest<Body>> {
-        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         // A retired connection stays open until its streams finish, then hyper closes it once
         // its last sender is gone.
-        live.as_ref()
-            .filter(|(tx, opened)| !tx.is_closed() && opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE)
-            .map(|(tx, _)| tx.clone())
+        let conn = live.as_mut().filter(|c| c.usable())?;
+        conn.last_used = Instant::now();
+        Some(conn.tx.clone())
+    }
+
+    /// Whether the sweep keeps the slot; dropping it retires its connection.
+    fn keep(&self) -> bool {
+        let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        live.as_ref().is_some_and(LiveH2::usable)
     }
 }
 
@@ -339,14 +520,13 @@ async fn sweep(pool: Weak<Pool>) {
 struct Checkin {
     pool: Weak<Pool>,
     target: Upstream,
-    tx: http1::SendRequest<Body>,
-    opened: Instant,
+    idle: Idle,
 }
 
 impl Checkin {
     fn run(self) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(&self.target, self.tx, self.opened);
+            pool.checkin(&self.target, self.idle);
         }
     }
 }
@@ -387,7 +567,12 @@ mod tests {
             .body(super::super::error::empty())
             .unwrap();
         let rsp = pool
-            .send(target, Version::Http1, req, Duration::from_secs(1))
+            .send(
+                target,
+                Version::Http1,
+                req,
+                &ConnectSettings::plain(Duration::from_secs(1)),
+            )
             .await
             .unwrap();
         // Reading the body to the end returns the connection to the pool.

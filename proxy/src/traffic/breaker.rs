@@ -10,6 +10,13 @@
 //!
 //! The counters and limits are atomics: taking a permit is one compare-and-swap, and a
 //! policy push changes the limits under requests in flight ([`ServiceBreaker::update`]).
+//!
+//! The one wait: a request that needs a new connection while the Service is at
+//! `max_connections` waits, holding a pending permit, for a connection to close or return
+//! to the pool idle ([`ServiceBreaker::connection_available`]), bounded by the connect
+//! timeout. That is what `max_pending_requests` bounds (as in Envoy, a request waiting for a
+//! connection being opened for it is pending too). The pool does the waiting
+//! (`crate::http::pool`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -97,6 +104,8 @@ struct Inner {
     requests: Gauge,
     pending: Gauge,
     connections: Gauge,
+    /// Woken when a connection closes, returns to the pool idle, or the limits change.
+    available: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -159,6 +168,7 @@ impl ServiceBreaker {
             .connections
             .limit
             .store(limits.max_connections, Ordering::Relaxed);
+        inner.available.notify_waiters();
     }
 
     pub fn limits(&self) -> Limits {
@@ -186,6 +196,23 @@ impl ServiceBreaker {
     pub fn try_connection(&self) -> Result<ConnectionPermit, Overflow> {
         self.try_acquire(Overflow::Connections)
             .map(|_held| ConnectionPermit { _held })
+    }
+
+    /// Resolves once a connection to the Service closes, returns idle to the pool, or the
+    /// limits change. Create it (and `enable` it) before checking, so a release between
+    /// the check and the wait is not missed.
+    pub fn connection_available(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.available.notified()
+    }
+
+    /// Whether `other` is a handle on this same breaker.
+    pub fn same(&self, other: &ServiceBreaker) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// A connection to one of the Service's endpoints went back to the pool, idle.
+    pub fn connection_returned(&self) {
+        self.inner.available.notify_waiters();
     }
 
     /// Requests admitted and not yet released.
@@ -223,6 +250,9 @@ struct Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         self.inner.gauge(self.which).release();
+        if self.which == Overflow::Connections {
+            self.inner.available.notify_waiters();
+        }
     }
 }
 

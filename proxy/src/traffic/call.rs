@@ -33,6 +33,7 @@ use super::services::{ServiceState, ServiceTable, Target};
 use crate::http::body::OnEnd;
 use crate::http::error::{full, ProxyError};
 use crate::http::forward::Forwarder;
+use crate::http::pool::{ConnectSettings, ServiceLimits};
 use crate::http::Body;
 use crate::tls::Upstream;
 
@@ -130,6 +131,23 @@ async fn attempts(
     } else {
         Payload::Once(Some(body))
     };
+    // Connections go to the backend's endpoints: its connect and idle timeouts and its
+    // connection limits apply.
+    let backend_settings = &backend.service.settings;
+    let connect = ConnectSettings {
+        connect_timeout: backend_settings
+            .timeouts
+            .connect
+            .unwrap_or(fwd.connect_timeout),
+        idle_timeout: backend_settings
+            .timeouts
+            .idle
+            .unwrap_or(crate::http::pool::DEFAULT_IDLE_TIMEOUT),
+        limits: Some(ServiceLimits {
+            breaker: &backend.service.breaker,
+            target: &backend.label,
+        }),
+    };
     let mut retries = 0;
     // The endpoint whose failure is being retried: an endpoint that fails every other
     // request is never ejected (no failures in a row), so without this a retry would land
@@ -151,7 +169,7 @@ async fn attempts(
             return Err(ProxyError::BadRequest("request body already sent".into()));
         };
         let req = Request::from_parts(clone_parts(&parts), body);
-        let sent = fwd.forward_to(&upstream, req);
+        let sent = fwd.forward_via(&upstream, req, &connect);
         let result = match try_timeout {
             Some(limit) => match tokio::time::timeout(limit, sent).await {
                 Ok(result) => result,
@@ -175,6 +193,13 @@ async fn attempts(
                     },
                 );
                 (Ok((head, body)), None)
+            }
+            Err(ProxyError::Overflow { target, limit }) => {
+                // The Service's own connection limits refused it: the endpoint did nothing
+                // wrong (dropping `in_flight` unfinished leaves its estimate and outlier
+                // state alone), and a retry would only queue behind the same limit.
+                fwd.metrics.breaker_overflow(&target, limit.as_str());
+                return Err(ProxyError::Overflow { target, limit });
             }
             Err(error) => {
                 in_flight.finish(Instant::now(), Outcome::Failure);

@@ -8,20 +8,11 @@ use weft_api::proto::discovery::v1 as pb;
 
 use super::retry::RetryPolicy;
 
-/// The proxy's own connect timeout (`config::DEFAULT_CONNECT_TIMEOUT`): inside a cluster a
-/// healthy endpoint accepts in milliseconds, so after a second it is gone and a retry on
-/// another endpoint is the better bet.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = crate::config::DEFAULT_CONNECT_TIMEOUT;
 /// None, as in the Gateway API, Istio and Linkerd: the proxy cannot know how long a request
 /// may legitimately take (uploads, long polls, reports); the application or the route says.
 pub const DEFAULT_REQUEST_TIMEOUT: Option<Duration> = None;
 /// None: a try is bounded by the request timeout unless the route or policy says more.
 pub const DEFAULT_BACKEND_REQUEST_TIMEOUT: Option<Duration> = None;
-/// The proxy's HTTP idle timeout (`config::DEFAULT_HTTP_IDLE_TIMEOUT`, 5 min) rather than
-/// Istio's 1 h: the proxy closes the client side of an idle HTTP connection after 5 min, so
-/// the upstream side should not outlive it; re-opening a pooled connection costs one
-/// handshake.
-pub const DEFAULT_IDLE_TIMEOUT: Option<Duration> = Some(crate::config::DEFAULT_HTTP_IDLE_TIMEOUT);
 
 /// Everything the outbound side needs to know about calls to one Service.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,11 +89,14 @@ pub fn route_timeout(ms: Option<u64>) -> Option<Option<Duration>> {
 }
 
 /// The timeouts of one Service, or of one request once its route is known. `None` is no
-/// timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// timeout for `request` and `backend_request`, and the proxy's own value for `connect` and
+/// `idle`, which are always bounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Timeouts {
-    /// Opening a connection to one endpoint (TCP and the mTLS handshake). Always bounded.
-    pub connect: Duration,
+    /// Opening a connection to one endpoint (TCP and the mTLS handshake), and separately
+    /// waiting for a connection while the Service is at `maxConnections`. `None`: the
+    /// proxy's `connectTimeout` (1 s unless its config says otherwise).
+    pub connect: Option<Duration>,
     /// The whole request, from the proxy receiving it to the end of the response, retries
     /// and backoff included (Gateway API `timeouts.request`). Before the response head it
     /// answers 504; after, the response is cut off.
@@ -111,25 +105,17 @@ pub struct Timeouts {
     /// (Gateway API `timeouts.backendRequest`).
     pub backend_request: Option<Duration>,
     /// How long a pooled connection to an endpoint may sit with no request before it is
-    /// closed.
+    /// closed. `None`: the pool's own (`http::pool::DEFAULT_IDLE_TIMEOUT`, 90 s). Every
+    /// connection is retired at `http::pool::DEFAULT_MAX_CONNECTION_AGE` (5 min) anyway,
+    /// so a longer idle timeout changes nothing.
     pub idle: Option<Duration>,
-}
-
-impl Default for Timeouts {
-    fn default() -> Self {
-        Timeouts {
-            connect: DEFAULT_CONNECT_TIMEOUT,
-            request: DEFAULT_REQUEST_TIMEOUT,
-            backend_request: DEFAULT_BACKEND_REQUEST_TIMEOUT,
-            idle: DEFAULT_IDLE_TIMEOUT,
-        }
-    }
 }
 
 impl Timeouts {
     /// From the wire; absent fields take the defaults and `0` means no timeout — except for
-    /// `connect`, where `0` takes the default: a connect without a bound would hang on a
-    /// black-holed endpoint for the kernel's two minutes of SYN retries.
+    /// `connect` and `idle`, where `0` takes the proxy's value: a connect without a bound
+    /// would hang on a black-holed endpoint for the kernel's two minutes of SYN retries, and
+    /// a pooled connection is retired at its maximum age whatever its idle timeout.
     pub fn from_proto(t: Option<&pb::Timeouts>) -> Timeouts {
         let defaults = Timeouts::default();
         let Some(t) = t else {
@@ -139,14 +125,12 @@ impl Timeouts {
             None => default,
             Some(ms) => (ms != 0).then(|| Duration::from_millis(ms)),
         };
+        let proxy_bounded = |ms: Option<u64>| ms.filter(|&ms| ms != 0).map(Duration::from_millis);
         Timeouts {
-            connect: match t.connect_ms {
-                None | Some(0) => defaults.connect,
-                Some(ms) => Duration::from_millis(ms),
-            },
-            request: optional(t.request_ms, defaults.request),
-            backend_request: optional(t.backend_request_ms, defaults.backend_request),
-            idle: optional(t.idle_ms, defaults.idle),
+            connect: proxy_bounded(t.connect_ms),
+            request: optional(t.request_ms, DEFAULT_REQUEST_TIMEOUT),
+            backend_request: optional(t.backend_request_ms, DEFAULT_BACKEND_REQUEST_TIMEOUT),
+            idle: proxy_bounded(t.idle_ms),
         }
     }
 

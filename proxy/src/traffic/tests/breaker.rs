@@ -157,3 +157,38 @@ fn limits_from_proto() {
         }
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_closed_or_returned_connection_wakes_a_waiting_request() {
+    let breaker = ServiceBreaker::new(Limits {
+        max_connections: 1,
+        ..small()
+    });
+    let held = breaker.try_connection().unwrap();
+    // Registered before the release, as the pool does.
+    let waiting = breaker.connection_available();
+    tokio::pin!(waiting);
+    waiting.as_mut().enable();
+    assert!(breaker.try_connection().is_err());
+    drop(held);
+    tokio::time::timeout(std::time::Duration::from_millis(1), waiting)
+        .await
+        .expect("the release woke the waiter");
+    let _again = breaker.try_connection().unwrap();
+
+    let returned = breaker.connection_available();
+    tokio::pin!(returned);
+    returned.as_mut().enable();
+    breaker.connection_returned();
+    tokio::time::timeout(std::time::Duration::from_millis(1), returned)
+        .await
+        .expect("a connection back in the pool wakes the waiter");
+
+    // Nothing happening: the wait does not end by itself.
+    let idle = breaker.connection_available();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(5), idle)
+            .await
+            .is_err()
+    );
+}

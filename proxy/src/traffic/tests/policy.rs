@@ -30,10 +30,11 @@ fn from_proto_none_is_all_defaults() {
     assert_eq!(
         s.timeouts,
         Timeouts {
-            connect: secs(1),
+            // The proxy's own connect and idle timeouts apply (resolved per call).
+            connect: None,
             request: None,
             backend_request: None,
-            idle: Some(secs(300)),
+            idle: None,
         }
     );
     assert_eq!(s.load_balancer, pb::LoadBalancer::Unspecified);
@@ -150,7 +151,7 @@ fn from_proto_full_policy() {
                 },
             },
             timeouts: Timeouts {
-                connect: ms(250),
+                connect: Some(ms(250)),
                 request: Some(secs(10)),
                 backend_request: Some(secs(2)),
                 idle: Some(secs(60)),
@@ -163,7 +164,7 @@ fn from_proto_full_policy() {
 }
 
 #[test]
-fn zero_timeouts_mean_none_except_connect() {
+fn zero_timeouts_mean_none_and_the_proxy_value_for_connect_and_idle() {
     let t = Timeouts::from_proto(Some(&pb::Timeouts {
         connect_ms: Some(0),
         request_ms: Some(0),
@@ -173,7 +174,7 @@ fn zero_timeouts_mean_none_except_connect() {
     assert_eq!(
         t,
         Timeouts {
-            connect: DEFAULT_CONNECT_TIMEOUT,
+            connect: None,
             request: None,
             backend_request: None,
             idle: None,
