@@ -291,3 +291,253 @@ async fn bodies_over_the_buffer_and_non_idempotent_methods_are_not_retried() {
         "nothing here needed more than the budget's reserve"
     );
 }
+
+/// A forward-proxy request for `shop/orders` with a body of unknown length: no
+/// `content-length`, so HTTP/1.1 sends it chunked and HTTP/2 without a length.
+fn streaming_request(
+    method: Method,
+    path: &str,
+    body: support::Body,
+) -> http::Request<support::Body> {
+    let host = support::faulty::host("orders");
+    http::Request::builder()
+        .method(method)
+        .uri(format!("http://{host}{path}"))
+        .header("host", host)
+        .body(body)
+        .unwrap()
+}
+
+/// `shop/orders` over a first endpoint failing every request with 503 and an echoing second
+/// one, in that order, balanced round robin (so a request tries the failing one first and its
+/// retry goes to the other); POST retried.
+async fn failing_then_echoing() -> (Faulty, support::Upstream, TrafficMesh) {
+    let bad = Faulty::start("bad", Faults::failing(503)).await;
+    let echo = support::Upstream::start("echo").await;
+    let mut orders = service("orders", &[bad.addr, echo.addr]);
+    orders.traffic_policy = Some(pb::TrafficPolicy {
+        load_balancer: pb::LoadBalancer::RoundRobin as i32,
+        retries: Some(pb::Retries {
+            non_idempotent: true,
+            ..Default::default()
+        }),
+        ..policy("orders")
+    });
+    let mesh = TrafficMesh::start(vec![orders]).await;
+    (bad, echo, mesh)
+}
+
+/// A chunked HTTP/1.1 POST (no `content-length`) that fails with 503 is retried on the other
+/// endpoint, which receives exactly the bytes the client sent.
+#[tokio::test]
+async fn a_chunked_body_is_replayed_to_the_retry() {
+    let (bad, echo, mesh) = failing_then_echoing().await;
+    const LEN: usize = 40_000;
+    let body = support::chunked_pattern(LEN, 4096);
+    let (outcome, _) = mesh
+        .send(streaming_request(Method::POST, "/echo", body))
+        .await;
+    let stats = bad.stats();
+    let retries = mesh
+        .metrics()
+        .await
+        .sum("weft_retries_total", &[("target", TARGET)]);
+    println!(
+        "chunked POST of {LEN} bytes: {} from {:?}; the failing endpoint saw {} tries with bodies {:?}; {retries} retries",
+        outcome.status,
+        outcome.upstream(),
+        stats.requests,
+        stats.bodies
+    );
+    assert_eq!(
+        outcome.status,
+        StatusCode::OK,
+        "retried: {}",
+        outcome.text()
+    );
+    assert_eq!(outcome.upstream(), Some("echo"));
+    assert_eq!(outcome.body.len(), LEN, "the retry carried the whole body");
+    assert!(
+        outcome.body[..] == support::pattern(0, LEN)[..],
+        "the retry carried exactly the bytes sent"
+    );
+    assert_eq!(stats.requests, 1, "one failed try");
+    assert_eq!(
+        stats.bodies,
+        vec![LEN],
+        "the failed try got the whole body too"
+    );
+    assert_eq!(retries, 1.0);
+    let seen = echo
+        .seen_path("/echo")
+        .expect("the echo endpoint got the retry");
+    assert!(
+        seen.headers.get("content-length").is_none()
+            || seen.headers["content-length"] == LEN.to_string().as_str(),
+        "no wrong length: {:?}",
+        seen.headers
+    );
+}
+
+/// The same over HTTP/2 (prior knowledge), gRPC style: data frames without a
+/// `content-length`, then trailers; the retry carries both.
+#[tokio::test]
+async fn an_http2_body_of_unknown_length_and_its_trailers_are_replayed_to_the_retry() {
+    let (bad, _echo, mesh) = failing_then_echoing().await;
+    let (tx, body) = support::channel_body();
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let chunk = support::pattern(i * 3000, 3000);
+        sent.extend_from_slice(&chunk);
+        tx.send(http_body::Frame::data(Bytes::from(chunk)))
+            .await
+            .unwrap();
+    }
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("x-checksum", "abc123".parse().unwrap());
+    tx.send(http_body::Frame::trailers(trailers)).await.unwrap();
+    drop(tx);
+    let mut client = support::H2Client::connect(mesh.outbound()).await;
+    let reply = client
+        .call(streaming_request(Method::POST, "/echo", body))
+        .await;
+    let stats = bad.stats();
+    println!(
+        "HTTP/2 POST of {} bytes and trailers: {} from {:?}; the failing endpoint saw {} tries with bodies {:?}",
+        sent.len(),
+        reply.status,
+        reply.header("x-upstream"),
+        stats.requests,
+        stats.bodies
+    );
+    assert_eq!(reply.status, StatusCode::OK, "retried: {}", reply.text());
+    assert_eq!(reply.header("x-upstream"), Some("echo"));
+    assert!(
+        reply.body[..] == sent[..],
+        "the retry carried exactly the bytes sent ({} of {})",
+        reply.body.len(),
+        sent.len()
+    );
+    assert_eq!(
+        reply
+            .trailers
+            .as_ref()
+            .and_then(|t| t.get("x-checksum"))
+            .and_then(|v| v.to_str().ok()),
+        Some("abc123"),
+        "the retry carried the trailers: {:?}",
+        reply.trailers
+    );
+    assert_eq!(stats.requests, 1, "one failed try");
+    assert_eq!(stats.bodies, vec![sent.len()]);
+}
+
+/// A chunked body that outgrows the 64 KiB buffer streams through once: the failure reaches
+/// the client, and the upstream got the whole body in its one try.
+#[tokio::test]
+async fn a_chunked_body_over_the_buffer_is_not_retried() {
+    let upstream = Faulty::start("orders", Faults::failing(503)).await;
+    let mut orders = service("orders", &[upstream.addr]);
+    orders.traffic_policy = Some(pb::TrafficPolicy {
+        retries: Some(pb::Retries {
+            non_idempotent: true,
+            ..Default::default()
+        }),
+        ..policy("orders")
+    });
+    let mesh = TrafficMesh::start(vec![orders]).await;
+    const LEN: usize = 200_000;
+    for method in [Method::PUT, Method::POST] {
+        let before = upstream.stats();
+        let body = support::chunked_pattern(LEN, 8192);
+        let (outcome, _) = mesh
+            .send(streaming_request(method.clone(), "/", body))
+            .await;
+        let after = upstream.stats();
+        println!(
+            "chunked {method} of {LEN} bytes: {} from {:?}; the upstream saw {} tries",
+            outcome.status,
+            outcome.upstream(),
+            after.requests - before.requests
+        );
+        assert_eq!(outcome.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(outcome.upstream(), Some("orders"), "the upstream's failure");
+        assert_eq!(after.requests - before.requests, 1, "{method}: one try");
+        assert_eq!(
+            after.bodies[before.bodies.len()..],
+            [LEN],
+            "{method}: the try got the whole body"
+        );
+    }
+    // Small chunked bodies to the same endpoint are retried (two retries by default).
+    let before = upstream.stats();
+    let (outcome, _) = mesh
+        .send(streaming_request(
+            Method::PUT,
+            "/",
+            support::chunked_pattern(1000, 100),
+        ))
+        .await;
+    let after = upstream.stats();
+    assert_eq!(outcome.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        after.requests - before.requests,
+        3,
+        "a small chunked PUT is retried"
+    );
+    assert_eq!(after.bodies[before.bodies.len()..], [1000, 1000, 1000]);
+}
+
+/// An endpoint that answers 503 as soon as it has a request's head and keeps reading its
+/// body: the first try's body is still being sent (hyper holds it) when the failure arrives,
+/// so nothing can replay it. The failure comes back at once (no retry, no hang, no proxy
+/// error) while the client is still sending.
+#[tokio::test]
+async fn a_try_answered_while_its_body_streams_is_not_retried() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tries = Arc::new(AtomicUsize::new(0));
+    let counted = tries.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                support::read_head(&mut stream).await;
+                let rsp = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nx-upstream: orders\r\n\r\n";
+                stream.write_all(rsp.as_bytes()).await.unwrap();
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mesh = TrafficMesh::start(vec![service("orders", &[addr])]).await;
+    let (tx, body) = support::channel_body();
+    tx.send(http_body::Frame::data(Bytes::from_static(b"first")))
+        .await
+        .unwrap();
+    let (outcome, _) = mesh.send(streaming_request(Method::PUT, "/", body)).await;
+    let tries = tries.load(Ordering::SeqCst);
+    println!(
+        "PUT answered 503 mid-body: {} from {:?} (proxy error {:?}); the upstream saw {tries} tries",
+        outcome.status,
+        outcome.upstream(),
+        outcome.proxy_error()
+    );
+    assert_eq!(outcome.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(outcome.upstream(), Some("orders"), "the upstream's own 503");
+    assert_eq!(outcome.proxy_error(), None);
+    assert_eq!(tries, 1, "not retried");
+    drop(tx);
+    server.abort();
+}

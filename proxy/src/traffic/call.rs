@@ -3,7 +3,9 @@
 //! 1. the Service's circuit breaker admits the request or refuses it at once (503);
 //! 2. routing: with routes attached, the matching rule picks a weighted backend Service, and
 //!    no match is a 404 (GAMMA); without routes the Service itself is the backend;
-//! 3. the body is buffered when a retry could need it again and it is small enough;
+//! 3. when the policy allows retries, the body is wrapped to be replayable: each try streams
+//!    it as it arrives while keeping up to `maxBufferedBodyBytes` of it for the next try
+//!    ([`ReplayBody`]); a longer body streams through and is not retried;
 //! 4. each attempt: the backend's balancer picks an endpoint, the request goes to it (mTLS
 //!    with its identity when it is meshed) bounded by the try timeout, and the outcome feeds
 //!    the endpoint's latency estimate and outlier state;
@@ -19,10 +21,9 @@ use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::request::Parts;
-use http::{header, Request, Response};
-use http_body_util::{BodyExt, Limited};
+use http::{Request, Response};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -31,9 +32,10 @@ use super::policy::TimeoutKind;
 use super::retry::Attempt;
 use super::services::{ServiceState, ServiceTable, Target};
 use crate::http::body::OnEnd;
-use crate::http::error::{full, ProxyError};
+use crate::http::error::ProxyError;
 use crate::http::forward::Forwarder;
 use crate::http::pool::{ConnectSettings, ServiceLimits};
+use crate::http::replay::ReplayBody;
 use crate::http::Body;
 use crate::tls::Upstream;
 
@@ -96,22 +98,25 @@ pub async fn call(
     Ok(rsp.map(|body| OnEnd::new(body, move || drop(admitted)).boxed_unsync()))
 }
 
-/// The request body: kept to be sent again, or streamed once.
-enum Payload {
-    Replayable(Bytes),
-    Once(Option<Incoming>),
-}
-
-impl Payload {
-    fn take(&mut self) -> Option<Body> {
-        match self {
-            Payload::Replayable(bytes) => Some(full(bytes.clone())),
-            Payload::Once(body) => body.take().map(|b| b.boxed_unsync()),
-        }
-    }
-
-    fn replayable(&self) -> bool {
-        matches!(self, Payload::Replayable(_))
+/// The request body: replayable when the policy allows retries (each try gets a clone),
+/// else streamed once.
+///
+/// A replayable body keeps up to `max_buffered_body` bytes of what the tries have read, so a
+/// retry replays them and then reads on from where the earlier try stopped. A body whose
+/// `Content-Length` exceeds the limit is never captured (its size hint says so up front), one
+/// of unknown length stops being captured once it outgrows the limit; either streams
+/// through once and its request is not retried. A retry also needs the earlier try to have
+/// let go of the rest of the body: hyper drops a request body once it has sent it (or the
+/// try failed), but may still be sending it when an early response arrives.
+fn payload(
+    body: Incoming,
+    attempts: u32,
+    limit: usize,
+) -> (Option<ReplayBody<Incoming>>, Option<Incoming>) {
+    if attempts > 0 {
+        (Some(ReplayBody::new(body, limit)), None)
+    } else {
+        (None, Some(body))
     }
 }
 
@@ -126,11 +131,7 @@ async fn attempts(
     let policy = &service.settings.retry;
     service.budget.deposit(Instant::now());
     let (parts, body) = req.into_parts();
-    let mut payload = if policy.attempts > 0 {
-        buffer(&parts, body, policy.max_buffered_body).await?
-    } else {
-        Payload::Once(Some(body))
-    };
+    let (replay, mut once) = payload(body, policy.attempts, policy.max_buffered_body);
     // Connections go to the backend's endpoints: its connect and idle timeouts and its
     // connection limits apply.
     let backend_settings = &backend.service.settings;
@@ -163,10 +164,12 @@ async fn attempts(
             identity: endpoint.identity.clone(),
         };
         let in_flight = endpoint.start(Instant::now());
-        let Some(body) = payload.take() else {
+        let body: Body = match (&replay, once.take()) {
+            (Some(replay), _) => replay.clone().boxed_unsync(),
+            (None, Some(body)) => body.boxed_unsync(),
             // A streamed body is gone after the first try; the loop only repeats when it
             // was replayable.
-            return Err(ProxyError::BadRequest("request body already sent".into()));
+            (None, None) => return Err(ProxyError::BadRequest("request body already sent".into())),
         };
         let req = Request::from_parts(clone_parts(&parts), body);
         let sent = fwd.forward_via(&upstream, req, &connect);
@@ -212,7 +215,9 @@ async fn attempts(
             (Err(_), Some(attempt)) => policy.should_retry(&parts.method, attempt),
             (Err(_), None) => None,
         };
-        let wants_retry = retry_for.is_some() && payload.replayable() && retries < policy.attempts;
+        let wants_retry = retry_for.is_some()
+            && retries < policy.attempts
+            && replay.as_ref().is_some_and(ReplayBody::can_replay);
         if wants_retry && service.budget.try_withdraw(Instant::now()) {
             retries += 1;
             failed = Some(upstream.addr);
@@ -251,32 +256,6 @@ fn choose_other_than(
         }
     }
     balancer.choose(&backend.endpoints, Instant::now(), rng)
-}
-
-/// Buffers the body for retries when `Content-Length` says it fits; a larger body, or one of
-/// unknown length, is streamed once (its request is not retried).
-async fn buffer(parts: &Parts, body: Incoming, limit: usize) -> Result<Payload, ProxyError> {
-    use http_body::Body as _;
-    if body.is_end_stream() {
-        return Ok(Payload::Replayable(Bytes::new()));
-    }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let known_small = declared.is_some_and(|n| n <= limit as u64);
-    if !known_small {
-        // Unknown or too large: reading it to find out would hold the whole body (and the
-        // caller) before the first byte goes upstream. Stream it and give up retries.
-        return Ok(Payload::Once(Some(body)));
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(Payload::Replayable(collected.to_bytes())),
-        Err(error) => Err(ProxyError::BadRequest(format!(
-            "reading the request body failed: {error}"
-        ))),
-    }
 }
 
 /// The head of a request, for one more attempt. Extensions are not copied: nothing the
