@@ -175,7 +175,13 @@ impl Pool {
             // Pooled connections first; each may turn out to be closed.
             while let Some(conn) = self.checkout(target) {
                 let Idle { mut tx, opened, .. } = conn;
-                if tx.ready().await.is_err() {
+                // Ready at once, or not idle after all: a server may answer before it has
+                // read the whole request body, so a connection can come back while its
+                // previous request still streams. Waiting for that body would tie this
+                // request to another client's pace; dropping the handle lets the
+                // connection close once that exchange ends.
+                let ready = std::future::poll_fn(|cx| std::task::Poll::Ready(tx.poll_ready(cx)));
+                if !matches!(ready.await, std::task::Poll::Ready(Ok(()))) {
                     continue;
                 }
                 match tx.try_send_request(req).await {
@@ -577,6 +583,83 @@ mod tests {
             .unwrap();
         // Reading the body to the end returns the connection to the pool.
         rsp.into_body().collect().await.unwrap();
+    }
+
+    /// A server that answers before reading the request body hands the connection back
+    /// while the body still streams: the next request must not wait for that body.
+    #[tokio::test]
+    async fn a_connection_still_sending_a_body_is_not_reused() {
+        use http_body_util::BodyExt;
+        // Answers each connection's first request head at once and then reads on,
+        // keeping the connection open, as a server that rejects an upload early does.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let counter = accepts.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    let mut seen = Vec::new();
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = tcp.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        seen.extend_from_slice(&buf[..n]);
+                    }
+                    let _ = tcp
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                    while tcp.read(&mut buf).await.unwrap_or(0) > 0 {}
+                });
+            }
+        });
+        let pool = Pool::new(None);
+        let target = Upstream::plain(addr);
+        /// A body that never ends (and never sends a byte).
+        struct Endless;
+        impl http_body::Body for Endless {
+            type Data = bytes::Bytes;
+            type Error = hyper::Error;
+            fn poll_frame(
+                self: std::pin::Pin<&mut Self>,
+                _: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>>
+            {
+                std::task::Poll::Pending
+            }
+        }
+        let req = Request::post("/upload")
+            .header("transfer-encoding", "chunked")
+            .body(Endless.boxed_unsync())
+            .unwrap();
+        let rsp = pool
+            .send(
+                &target,
+                Version::Http1,
+                req,
+                &ConnectSettings::plain(Duration::from_secs(1)),
+            )
+            .await
+            .unwrap();
+        rsp.into_body().collect().await.unwrap();
+        assert_eq!(
+            pool.idle_count(&target),
+            1,
+            "checked in when the response ended"
+        );
+        tokio::time::timeout(Duration::from_secs(2), get(&pool, &target))
+            .await
+            .expect("the next request does not wait for the first one's body");
+        assert_eq!(
+            accepts.load(Ordering::SeqCst),
+            2,
+            "it took a new connection"
+        );
     }
 
     #[tokio::test(start_paused = true)]
