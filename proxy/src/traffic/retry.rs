@@ -1,7 +1,8 @@
 //! The retry policy of one Service: which failed tries are retried, for which methods, how
 //! many times, and how long to wait in between. Whether a retry may happen *now* is the
 //! [`budget`](super::budget)'s call; whether the request body can be replayed is the request
-//! path's (it buffers up to [`RetryPolicy::max_buffered_body`]).
+//! path's (it keeps a copy of up to [`RetryPolicy::max_buffered_body`] bytes,
+//! `crate::http::replay`).
 //!
 //! Conditions follow Envoy's names, as the control plane writes them into `pb::Retries`:
 //! `connect-failure`, `refused-stream`, `reset`, status ranges, and gRPC status codes read
@@ -187,8 +188,8 @@ pub struct RetryPolicy {
     /// Backoff before retry n is uniform in `[0, min(max, base × 2^(n-1))]`.
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// Request bodies up to this many bytes are buffered for replay; a longer body is sent
-    /// once and its request is never retried.
+    /// Up to this many bytes of a request body are kept, as the first try streams it, to be
+    /// replayed by a retry; a longer body is sent once and its request is never retried.
     pub max_buffered_body: usize,
     /// Retry methods that are not idempotent (POST, PATCH) too.
     pub non_idempotent: bool,
