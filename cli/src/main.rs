@@ -91,6 +91,9 @@ enum Command {
     /// --ca-dir keeps them). The output contains private keys: apply it, don't commit it.
     ///
     /// Example: weftctl install --ca-dir ~/.weft/prod | kubectl apply -f -
+    ///
+    /// Then mesh a namespace with: kubectl label namespace NS weft.dev/inject=enabled
+    /// (the control plane gives it the weft-trust-anchors ConfigMap its proxies mount).
     #[command(verbatim_doc_comment)]
     Install(install::InstallArgs),
 }

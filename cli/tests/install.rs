@@ -214,6 +214,12 @@ fn rbac_is_least_privilege() {
         ("trafficpolicies.policy.weft.dev".to_owned(), watch),
         ("httproutes.gateway.networking.k8s.io".to_owned(), watch),
         ("tokenreviews.authentication.k8s.io".to_owned(), "create"),
+        // The trust anchors ConfigMap in every meshed namespace: watched and server-side
+        // applied; never deleted.
+        (
+            "configmaps.".to_owned(),
+            "create,list,patch,watch",
+        ),
     ];
     want.sort();
     let want: Vec<(String, String)> = want.into_iter().map(|(r, v)| (r, v.into())).collect();
@@ -555,33 +561,52 @@ fn bad_flags_are_refused() {
 }
 
 #[test]
-fn mesh_namespaces_get_the_trust_anchors_their_proxies_mount() {
-    let install = Install::new(&["--mesh-namespace", "shop", "--mesh-namespace", "payments"]);
-    let root = install.secret_text("weft-identity-issuer", "ca.crt");
-    let maps: Vec<ConfigMap> = install.all("ConfigMap");
-    let mut namespaces: Vec<_> = maps
-        .iter()
-        .map(|m| {
-            assert_eq!(m.metadata.name.as_deref(), Some("weft-trust-anchors"));
-            assert_eq!(m.data.as_ref().unwrap()["ca.crt"], root);
-            m.metadata.namespace.clone().unwrap()
-        })
-        .collect();
-    namespaces.sort();
-    assert_eq!(namespaces, ["payments", "shop", "weft-system"]);
-
-    // What the injector mounts is what install creates.
+fn meshed_namespaces_get_their_trust_anchors_from_the_control_plane() {
+    // The names the injector mounts are the ones the control plane publishes.
     let config = weft_injector::InjectConfig::default();
+    use weft_control_plane::publish::trust_anchors;
+    assert_eq!(config.trust_anchors.config_map, trust_anchors::CONFIG_MAP);
+    assert_eq!(config.trust_anchors.key, trust_anchors::KEY);
     assert_eq!(config.trust_anchors.config_map, "weft-trust-anchors");
     assert_eq!(config.trust_anchors.key, "ca.crt");
 
-    for bad in ["Shop", "weft-system", "-x"] {
-        let output = Command::new(env!("CARGO_BIN_EXE_weftctl"))
-            .args(["install", "--mesh-namespace", bad])
-            .output()
-            .unwrap();
-        assert!(!output.status.success(), "{bad}");
-    }
+    // `install` writes one copy, in weft-system, and none in meshed namespaces: the control
+    // plane is the one writer there. `--mesh-namespace` is still accepted, and says so.
+    let output = Command::new(env!("CARGO_BIN_EXE_weftctl"))
+        .args(["install", "--mesh-namespace", "shop"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--mesh-namespace is no longer needed and is ignored"),
+        "{stderr}"
+    );
+    let docs = documents(&String::from_utf8(output.stdout).unwrap());
+    let maps: Vec<ConfigMap> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ConfigMap")
+        .map(typed)
+        .collect();
+    assert_eq!(maps.len(), 1);
+    assert_eq!(maps[0].metadata.name.as_deref(), Some("weft-trust-anchors"));
+    assert_eq!(maps[0].metadata.namespace.as_deref(), Some("weft-system"));
+    assert!(
+        docs.iter()
+            .all(|d| d["metadata"]["namespace"].is_null()
+                || d["metadata"]["namespace"] == "weft-system"),
+        "nothing outside weft-system"
+    );
+    // Without the flag, no note.
+    let quiet = Command::new(env!("CARGO_BIN_EXE_weftctl"))
+        .arg("install")
+        .output()
+        .unwrap();
+    assert!(
+        quiet.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&quiet.stderr)
+    );
 }
 
 #[test]
@@ -596,9 +621,10 @@ fn help_explains_the_command() {
         "--ca-dir",
         "--trust-domain",
         "--webhook-failure-policy",
-        "--mesh-namespace",
         "kubectl apply -f -",
     ] {
         assert!(help.contains(want), "--help lacks {want:?}:\n{help}");
     }
+    // Deprecated: accepted but not advertised.
+    assert!(!help.contains("--mesh-namespace"), "{help}");
 }

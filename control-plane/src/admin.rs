@@ -5,7 +5,7 @@
 //! | `/live` | 200 while the process runs |
 //! | `/ready` | 200 once views are computed (when a source is configured) |
 //! | `/metrics` | Prometheus text exposition (`weft_cp_*`) |
-//! | `/debug/problems` | JSON: every invalid file or object skipped right now, and why |
+//! | `/debug/problems` | JSON: every invalid file or object skipped right now, and why; kinds that cannot be listed; namespaces whose trust anchors ConfigMap cannot be written |
 //! | `/debug/proxies` | JSON: subscribed proxies, the version each was sent and acked |
 //! | `/debug/ca` | JSON: the issuer and trust anchors with their expiry ([`CaStatus`]) |
 //! | `/debug/version` | JSON: the control plane's version (proxies report theirs in `/debug/proxies`) |

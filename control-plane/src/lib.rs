@@ -26,6 +26,7 @@ pub mod client;
 pub mod convert;
 pub mod discovery;
 pub mod index;
+pub mod publish;
 mod server;
 pub mod sources;
 pub mod state;

@@ -60,9 +60,9 @@ struct Cli {
     #[arg(long, env = "WEFT_CP_TOKEN_FILE", conflicts_with = "kubernetes")]
     token_file: Option<PathBuf>,
 
-    /// Run against the Kubernetes API (in-cluster credentials): check tokens with TokenReview
-    /// and watch Namespaces, Pods, Services, EndpointSlices, ServiceAccounts and the policy
-    /// resources.
+    /// Run against the Kubernetes API (in-cluster credentials): check tokens with TokenReview,
+    /// watch Namespaces, Pods, Services, EndpointSlices, ServiceAccounts and the policy
+    /// resources, and keep the ConfigMap weft-trust-anchors in every meshed namespace.
     #[arg(long, env = "WEFT_CP_KUBERNETES", conflicts_with = "manifests")]
     kubernetes: bool,
 

@@ -29,6 +29,7 @@ use crate::ca::{self, Authority, Ca, CaError};
 use crate::certify::CertifyService;
 use crate::discovery::{DiscoveryMetrics, DiscoveryService, Registry, SubscriberInfo};
 use crate::index::{self, Index, MeshSettings, Views};
+use crate::publish::trust_anchors::{self, PublishMetrics, TrustAnchorPublisher};
 use crate::sources;
 use crate::state::{Problem, ProblemBoard, State};
 use crate::tls::{self, ServingCert};
@@ -67,9 +68,10 @@ pub enum AuthSource {
 pub enum Source {
     /// Local mode and GitOps: a directory of manifests, watched for changes.
     Manifests(PathBuf),
-    /// The Kubernetes API, via the in-cluster client config.
+    /// The Kubernetes API, via the in-cluster client config. The control plane also keeps
+    /// the trust anchors ConfigMap in every meshed namespace ([`trust_anchors`]).
     Kubernetes,
-    /// An already-built client (tests against a recorded API server).
+    /// An already-built client (tests against a recorded API server); as `Kubernetes`.
     KubernetesClient(kube::Client),
 }
 
@@ -159,6 +161,7 @@ pub struct Running {
     problems: Arc<ProblemBoard>,
     views: watch::Receiver<Option<Arc<Views>>>,
     _kubernetes: Option<sources::kubernetes::KubernetesSource>,
+    _trust_anchors: Option<TrustAnchorPublisher>,
     stop: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     _watchers: Vec<notify::RecommendedWatcher>,
@@ -290,24 +293,30 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (views_tx, views) = watch::channel(None);
     let has_source = config.source.is_some();
     let mut kubernetes = None;
+    let mut publisher = None;
     if let Some(source) = config.source {
         let (states_tx, states) = watch::channel(Arc::new(State::default()));
-        match source {
+        let kubernetes_source = match source {
             Source::Manifests(dir) => {
                 let watcher = sources::manifests::run(dir, states_tx, problems.clone())
                     .await
                     .map_err(StartError::Manifests)?;
                 watchers.push(watcher);
+                None
             }
-            Source::Kubernetes => {
-                let client = kube::Client::try_default().await?;
-                kubernetes =
-                    Some(sources::kubernetes::run(client, states_tx, problems.clone()).await);
-            }
-            Source::KubernetesClient(client) => {
-                kubernetes =
-                    Some(sources::kubernetes::run(client, states_tx, problems.clone()).await);
-            }
+            Source::Kubernetes => Some((kube::Client::try_default().await?, states_tx)),
+            Source::KubernetesClient(client) => Some((client, states_tx)),
+        };
+        if let Some((client, states_tx)) = kubernetes_source {
+            // Before the source runs, so its first state is a change to the publisher too.
+            publisher = Some(trust_anchors::run(
+                client.clone(),
+                states.clone(),
+                ca.subscribe(),
+                problems.clone(),
+                PublishMetrics::register(&mut metrics),
+            ));
+            kubernetes = Some(sources::kubernetes::run(client, states_tx, problems.clone()).await);
         }
         tokio::spawn(index::run(
             Index::new(config.mesh.clone()),
@@ -386,6 +395,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         problems,
         views,
         _kubernetes: kubernetes,
+        _trust_anchors: publisher,
         stop,
         server,
         _watchers: watchers,

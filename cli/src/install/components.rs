@@ -23,7 +23,8 @@ pub const ISSUER_SECRET: &str = "weft-identity-issuer";
 /// The injector's serving certificate (`tls.crt`, `tls.key`).
 pub const INJECTOR_TLS_SECRET: &str = "weft-injector-tls";
 /// The trust anchors a proxy checks the control plane with (the injector mounts this
-/// ConfigMap, by name, from the pod's namespace).
+/// ConfigMap, by name, from the pod's namespace; the control plane keeps one in every meshed
+/// namespace).
 pub const TRUST_ANCHORS_CONFIG_MAP: &str = weft_injector::config::DEFAULT_TRUST_ANCHORS_CONFIG_MAP;
 pub const TRUST_ANCHORS_KEY: &str = weft_injector::config::DEFAULT_TRUST_ANCHORS_KEY;
 
@@ -52,9 +53,10 @@ fn bytes(pem: &str) -> ByteString {
     ByteString(pem.as_bytes().to_vec())
 }
 
-/// The issuer and webhook Secrets, and the trust anchors ConfigMap in `weft-system` (the
-/// copy to take for other namespaces) and in each of `mesh_namespaces`.
-pub fn secrets(certs: &Certificates, mesh_namespaces: &[String]) -> Vec<Value> {
+/// The issuer and webhook Secrets, and the trust anchors ConfigMap in `weft-system` (for
+/// whatever outside the mesh needs the root, such as a proxy run by hand). Meshed
+/// namespaces get theirs from the control plane, not from here: one writer per ConfigMap.
+pub fn secrets(certs: &Certificates) -> Vec<Value> {
     let issuer = Secret {
         metadata: meta(ISSUER_SECRET, "control-plane"),
         type_: Some("kubernetes.io/tls".into()),
@@ -74,28 +76,20 @@ pub fn secrets(certs: &Certificates, mesh_namespaces: &[String]) -> Vec<Value> {
         ])),
         ..Default::default()
     };
-    let anchors = |namespace: &str| {
-        let mut metadata = meta(TRUST_ANCHORS_CONFIG_MAP, "trust-anchors");
-        metadata.namespace = Some(namespace.to_owned());
-        ConfigMap {
-            metadata,
-            data: Some(BTreeMap::from([(
-                TRUST_ANCHORS_KEY.into(),
-                certs.mesh_ca_cert.clone(),
-            )])),
-            ..Default::default()
-        }
+    let anchors = ConfigMap {
+        metadata: meta(TRUST_ANCHORS_CONFIG_MAP, "trust-anchors"),
+        data: Some(BTreeMap::from([(
+            TRUST_ANCHORS_KEY.into(),
+            certs.mesh_ca_cert.clone(),
+        )])),
+        ..Default::default()
     };
     let to_value = |v: Result<Value, serde_json::Error>| v.expect("k8s-openapi types serialize");
-    let mut objects = vec![
+    vec![
         to_value(serde_json::to_value(issuer)),
         to_value(serde_json::to_value(webhook)),
-        to_value(serde_json::to_value(anchors(NAMESPACE))),
-    ];
-    for namespace in mesh_namespaces {
-        objects.push(to_value(serde_json::to_value(anchors(namespace))));
-    }
-    objects
+        to_value(serde_json::to_value(anchors)),
+    ]
 }
 
 fn pod_security() -> Value {

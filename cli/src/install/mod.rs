@@ -102,10 +102,11 @@ pub struct InstallArgs {
     /// they restart.
     #[arg(long, value_name = "DIR")]
     pub ca_dir: Option<PathBuf>,
-    /// Also create the trust anchors ConfigMap (weft-trust-anchors) in NAMESPACE, which must
-    /// exist. Injected proxies mount it from their own namespace, so every meshed namespace
-    /// needs one. Repeat for several.
-    #[arg(long = "mesh-namespace", value_name = "NAMESPACE")]
+    /// No longer needed, and ignored with a note on stderr: the control plane now keeps the
+    /// trust anchors ConfigMap (weft-trust-anchors) in every meshed namespace itself. Still
+    /// accepted so that existing scripts keep working; two writers of one ConfigMap would
+    /// fight over it (and `kubectl apply --server-side` would report a conflict).
+    #[arg(long = "mesh-namespace", value_name = "NAMESPACE", hide = true)]
     pub mesh_namespaces: Vec<String>,
 }
 
@@ -149,21 +150,6 @@ impl InstallArgs {
         if self.control_plane_replicas < 1 || self.injector_replicas < 1 {
             bail!("--control-plane-replicas and --injector-replicas must be at least 1");
         }
-        for namespace in &self.mesh_namespaces {
-            let label = namespace.len() <= 63
-                && namespace
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !namespace.starts_with('-')
-                && !namespace.ends_with('-')
-                && !namespace.is_empty();
-            if !label {
-                bail!("--mesh-namespace {namespace:?} is not a namespace name");
-            }
-            if namespace == NAMESPACE {
-                bail!("--mesh-namespace {NAMESPACE}: Weft's own namespace is never meshed");
-            }
-        }
         weft_api::SpiffeId::for_service_account(
             &self.trust_domain,
             NAMESPACE,
@@ -176,6 +162,13 @@ impl InstallArgs {
 
 pub fn run(args: &InstallArgs) -> anyhow::Result<()> {
     args.check()?;
+    if !args.mesh_namespaces.is_empty() {
+        eprintln!(
+            "weftctl install: --mesh-namespace is no longer needed and is ignored: the control \
+             plane creates the ConfigMap weft-trust-anchors in every namespace labelled \
+             weft.dev/inject=enabled (and every namespace with an injected pod)"
+        );
+    }
     let dns = webhook::dns_names();
     let certs = match &args.ca_dir {
         Some(dir) => certs::load_or_create(dir, &args.trust_domain, &dns)?,
@@ -204,7 +197,7 @@ pub fn render(args: &InstallArgs, certs: &Certificates) -> anyhow::Result<String
     for object in rbac::objects() {
         emit(object_yaml(object)?);
     }
-    for object in components::secrets(certs, &args.mesh_namespaces) {
+    for object in components::secrets(certs) {
         emit(object_yaml(object)?);
     }
     for object in components::control_plane(args) {

@@ -2,9 +2,14 @@
 //! ClusterRole with exactly the verbs its code uses.
 //!
 //! - The control plane watches the cluster (`control-plane/src/sources/kubernetes.rs`: list
-//!   and watch only — kube-runtime's watcher never `get`s) and checks proxies' tokens with
+//!   and watch only — kube-runtime's watcher never `get`s), checks proxies' tokens with
 //!   TokenReview (`control-plane/src/auth/kubernetes.rs`: `create` on `tokenreviews`, the
-//!   one rule of `system:auth-delegator` it needs; the other, subjectaccessreviews, it doesn't).
+//!   one rule of `system:auth-delegator` it needs; the other, subjectaccessreviews, it doesn't),
+//!   and keeps the ConfigMap `weft-trust-anchors` in every meshed namespace
+//!   (`control-plane/src/publish/trust_anchors.rs`: it watches them and server-side applies
+//!   them — `list`, `watch`, `patch`, and `create` for an apply that creates). Its configmaps
+//!   rule is exactly those four: never `get`, `update` or `delete`, and it has to be
+//!   cluster-wide because meshed namespaces come and go.
 //! - The injector reads the API server's version (`/version`, a non-resource URL every
 //!   authenticated client may read through the default `system:public-info-viewer`), and its
 //!   serving certificate from a mounted Secret (a volume, no API access). It gets a
@@ -40,6 +45,11 @@ pub fn control_plane_rules() -> Value {
             "apiGroups": ["gateway.networking.k8s.io"],
             "resources": ["httproutes"],
             "verbs": watch,
+        },
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "verbs": ["list", "watch", "create", "patch"],
         },
         {
             "apiGroups": ["authentication.k8s.io"],
