@@ -216,6 +216,7 @@ pub async fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
             version: "explain".into(),
             inbound: Some(fetched.inbound),
             outbound: Some(pb::Outbound::default()),
+            ..Default::default()
         })
         .with_context(|| {
             format!(

@@ -216,10 +216,7 @@ fn rbac_is_least_privilege() {
         ("tokenreviews.authentication.k8s.io".to_owned(), "create"),
         // The trust anchors ConfigMap in every meshed namespace: watched and server-side
         // applied; never deleted.
-        (
-            "configmaps.".to_owned(),
-            "create,list,patch,watch",
-        ),
+        ("configmaps.".to_owned(), "create,list,patch,watch"),
     ];
     want.sort();
     let want: Vec<(String, String)> = want.into_iter().map(|(r, v)| (r, v.into())).collect();

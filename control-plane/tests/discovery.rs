@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio_stream::StreamExt;
 use tonic::Streaming;
-use weft_api::proto::discovery::v1::{subscribe_request, Ack, Hello, SubscribeRequest, ViewUpdate};
+use weft_api::proto::discovery::v1::{
+    subscribe_request, Ack, Hello, SubscribeRequest, Sync, ViewUpdate,
+};
 use weft_api::SpiffeId;
 use weft_control_plane::client::{connect_discovery, WorkloadCert};
 use weft_control_plane::{Config, Running};
@@ -121,6 +123,16 @@ impl Proxy {
         namespace: &str,
         pod: &str,
     ) -> Result<Proxy, tonic::Status> {
+        let hello = Hello {
+            namespace: namespace.into(),
+            pod: pod.into(),
+            proxy_version: "test".into(),
+            ..Default::default()
+        };
+        Proxy::subscribe_with(cp, sa, hello).await
+    }
+
+    async fn subscribe_with(cp: &Running, sa: &str, hello: Hello) -> Result<Proxy, tonic::Status> {
         let identity: SpiffeId = format!("spiffe://cluster.local/ns/shop/sa/{sa}")
             .parse()
             .expect("id");
@@ -135,12 +147,7 @@ impl Proxy {
         .expect("connect");
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tx.send(SubscribeRequest {
-            kind: Some(subscribe_request::Kind::Hello(Hello {
-                namespace: namespace.into(),
-                pod: pod.into(),
-                current_version: String::new(),
-                proxy_version: "test".into(),
-            })),
+            kind: Some(subscribe_request::Kind::Hello(hello)),
         })
         .await
         .expect("queue hello");
@@ -166,6 +173,7 @@ impl Proxy {
                 kind: Some(subscribe_request::Kind::Ack(Ack {
                     version: version.into(),
                     error: String::new(),
+                    ..Default::default()
                 })),
             })
             .await
@@ -393,6 +401,69 @@ async fn a_restarted_control_plane_serves_the_same_versions() {
         .expect("subscribe");
     let after = orders.next(WAIT).await.expect("view").version;
     assert_eq!(before, after);
+}
+
+#[tokio::test]
+async fn a_proxy_with_deltas_gets_services_then_only_the_one_that_changed() {
+    let mesh = Mesh::new();
+    let billing = |ready: bool| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: billing, namespace: shop}}\n\
+             spec: {{clusterIP: 10.96.0.11, ports: [{{name: http, port: 80}}]}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: billing-1, namespace: shop, labels: {{kubernetes.io/service-name: billing}}}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
+             endpoints: [{{addresses: [10.0.0.6], conditions: {{ready: {ready}}}}}]\n"
+        )
+    };
+    let billing_file = mesh.manifests.path().join("billing.yaml");
+    write_atomically(&billing_file, &billing(true));
+    let cp = mesh.start().await;
+    let hello = |services_version: &str| Hello {
+        namespace: "shop".into(),
+        pod: "orders-1".into(),
+        outbound_deltas: true,
+        services_version: services_version.into(),
+        ..Default::default()
+    };
+    let mut orders = Proxy::subscribe_with(&cp, "orders", hello(""))
+        .await
+        .expect("subscribe");
+    let first = orders.next(WAIT).await.expect("initial view");
+    assert!(!first.more, "a small mesh fits one message");
+    assert!(first.inbound.is_some());
+    assert!(first.outbound.is_none(), "not the whole view");
+    let sync = first.services.expect("Services");
+    assert_eq!(sync.sync, Sync::Full as i32);
+    let names: Vec<&str> = sync.upserted.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["billing", "orders"]);
+    orders.ack(&first.version).await;
+
+    // billing's endpoint turns unready: a delta with billing alone.
+    write_atomically(&billing_file, &billing(false));
+    let update = orders.next(WAIT).await.expect("pushed after the edit");
+    assert!(update.inbound.is_none());
+    let delta = update.services.expect("Services");
+    assert_eq!(
+        (delta.sync, delta.base.as_str()),
+        (Sync::Delta as i32, sync.version.as_str())
+    );
+    assert_eq!(delta.upserted.len(), 1);
+    assert_eq!(delta.upserted[0].name, "billing");
+    assert!(!delta.upserted[0].endpoints[0].ready);
+    orders.ack(&update.version).await;
+
+    // Reconnecting with the current Services: no Services at all in the first update.
+    drop(orders);
+    let mut again = Proxy::subscribe_with(&cp, "orders", hello(&delta.version))
+        .await
+        .expect("subscribe");
+    let first = again.next(WAIT).await.expect("initial view");
+    assert!(first.services.is_none() && first.outbound.is_none());
+    assert_eq!(
+        first.version, update.version,
+        "the same state, the same version"
+    );
 }
 
 async fn wait_for_problems(cp: &Running) -> Vec<weft_control_plane::state::Problem> {

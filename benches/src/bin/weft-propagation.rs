@@ -41,8 +41,8 @@ struct Args {
     rounds: u32,
     /// The changes made in each round: selective (a policy selecting app-7, 1 % of the
     /// pods), mesh-wide (a policy selecting every pod), endpoints (one endpoint's readiness
-    /// flips: the outbound view every proxy holds changes and is re-sent whole to every
-    /// proxy; opt-in because that takes seconds per thousand proxies, see the README).
+    /// flips: every proxy gets a delta carrying that one Service; opt-in because it reaches
+    /// every proxy, see the README).
     #[arg(long, value_delimiter = ',', default_value = "selective,mesh-wide", value_parser = parse_change)]
     changes: Vec<Change>,
     /// A round whose change spread while other work used more than this share (0..1) of the

@@ -3,7 +3,7 @@
 //! passes), and for a quiet window after that, during which no other proxy may get anything.
 //! Meanwhile the control plane's `/metrics` is polled to see when it has counted every ack,
 //! and its memory is watched: past `--max-cp-rss-mib` it is killed at once rather than let
-//! the machine run out of memory (each subscription copies and encodes the views it sends).
+//! the machine run out of memory.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -45,7 +45,7 @@ pub fn drain_stray(ctx: &mut Context<'_>) -> usize {
 }
 
 /// Whether an affected proxy's update is the one `change` in `round` must produce: the
-/// changed part only, with the new content.
+/// changed part only, with the new content (an outbound change as a delta, not a full sync).
 fn as_expected(change: Change, round: u32, update: &Update) -> bool {
     match change {
         Change::Selective => {
@@ -54,6 +54,7 @@ fn as_expected(change: Change, round: u32, update: &Update) -> bool {
         Change::MeshWide => update.inbound && !update.outbound && update.mesh_round == Some(round),
         Change::Endpoints => {
             update.outbound
+                && update.delta
                 && !update.inbound
                 && update.endpoint_ready == Some(mesh::endpoint_ready(round))
         }

@@ -267,7 +267,7 @@ async fn drive(
     let (mut subscribed, mut failed) = (0usize, 0usize);
     let mut first_failure = None;
     let mut took_ms = Vec::with_capacity(count);
-    let mut first_view_bytes = 0;
+    let (mut first_view_bytes, mut first_view_messages, mut largest_message_bytes) = (0, 0, 0);
     let deadline = started + opts.subscribe_timeout;
     let mut next_report = Instant::now() + Duration::from_secs(5);
     while subscribed + failed < count {
@@ -284,6 +284,8 @@ async fn drive(
                 subscribed += 1;
                 took_ms.push(took.as_secs_f64() * 1e3);
                 first_view_bytes = first_view_bytes.max(first.bytes);
+                first_view_messages = first_view_messages.max(first.messages);
+                largest_message_bytes = largest_message_bytes.max(first.largest_message);
             }
             EventKind::Failed(why) => {
                 failed += 1;
@@ -322,8 +324,9 @@ async fn drive(
     let cp_cpu_s = (procfs::cpu_ticks(pid)? - cp_before) as f64 / procfs::ticks_per_second() as f64;
     let client_cpu_s = (measure::self_cpu() - self_before).as_secs_f64();
     eprintln!(
-        "   {subscribed} subscribed in {seconds:.1} s ({failed} failed); first view {} KiB; CP CPU {cp_cpu_s:.1} s, simulated proxies {client_cpu_s:.1} s",
-        first_view_bytes / 1024
+        "   {subscribed} subscribed in {seconds:.1} s ({failed} failed); first view {} KiB in {first_view_messages} message(s), the largest {:.1} KiB; CP CPU {cp_cpu_s:.1} s, simulated proxies {client_cpu_s:.1} s",
+        first_view_bytes / 1024,
+        largest_message_bytes as f64 / 1024.0
     );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -350,6 +353,8 @@ async fn drive(
         seconds,
         per_proxy: Percentiles::of(&took_ms),
         first_view_bytes,
+        first_view_messages,
+        largest_message_bytes,
         cp_cpu_s,
         client_cpu_s,
         cp_counted,

@@ -1,7 +1,10 @@
 //! Simulated proxies: one task per pod, each with its own TCP + mTLS connection and its own
 //! `Discovery.Subscribe` stream, exactly as a sidecar connects (`connect_discovery` with the
-//! workload certificate of the pod's service account). A proxy acknowledges every update the
-//! moment it has decoded it, and reports what it got to the benchmark as an [`Event`].
+//! workload certificate of the pod's service account) and, like it, taking the outbound part
+//! as per-Service full syncs and deltas (`Hello.outbound_deltas`). A proxy acknowledges every
+//! update the moment it has decoded its last message (a large one comes split), and reports
+//! what it got to the benchmark as an [`Event`]. It keeps no Services: what an update
+//! carried is all the benchmark checks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +14,9 @@ use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
-use weft_api::proto::discovery::v1::{subscribe_request, Ack, Hello, SubscribeRequest, ViewUpdate};
+use weft_api::proto::discovery::v1::{
+    subscribe_request, Ack, Hello, SubscribeRequest, Sync, ViewUpdate,
+};
 use weft_api::SpiffeId;
 use weft_control_plane::client::{connect_discovery, WorkloadCert};
 
@@ -41,12 +46,19 @@ pub struct Update {
     pub mesh_round: Option<u32>,
     /// Whether pod-0's endpoint of svc-0 is ready, when the update has an outbound view.
     pub endpoint_ready: Option<bool>,
-    /// The encoded size of the update (protobuf bytes, before gRPC framing and TLS).
+    /// The outbound part was a delta (`Services.sync`), not a full sync or the whole view.
+    pub delta: bool,
+    /// The encoded size of the update (protobuf bytes, before gRPC framing and TLS), over
+    /// all its messages.
     pub bytes: usize,
+    /// The messages it came in, and the largest.
+    pub messages: usize,
+    pub largest_message: usize,
 }
 
 impl Update {
-    fn of(update: &ViewUpdate) -> Self {
+    /// `update` is the update's messages put together; `sizes` their encoded sizes.
+    fn of(update: &ViewUpdate, sizes: &[usize]) -> Self {
         let mut selective_round = None;
         let mut mesh_round = None;
         for policy in update.inbound.iter().flat_map(|i| &i.policies) {
@@ -66,6 +78,7 @@ impl Update {
             .outbound
             .iter()
             .flat_map(|o| &o.services)
+            .chain(update.services.iter().flat_map(|s| &s.upserted))
             .filter(|s| s.namespace == mesh::NAMESPACE && s.name == mesh::FLIPPED_SERVICE)
             .flat_map(|s| &s.endpoints)
             .find(|e| e.workload == mesh::FLIPPED_WORKLOAD)
@@ -74,12 +87,49 @@ impl Update {
             version: update.version.clone(),
             endpoint_ready,
             inbound: update.inbound.is_some(),
-            outbound: update.outbound.is_some(),
+            outbound: update.outbound.is_some() || update.services.is_some(),
+            delta: update
+                .services
+                .as_ref()
+                .is_some_and(|s| s.sync == Sync::Delta as i32),
             selective_round,
             mesh_round,
-            bytes: prost::Message::encoded_len(update),
+            bytes: sizes.iter().sum(),
+            messages: sizes.len(),
+            largest_message: sizes.iter().copied().max().unwrap_or(0),
         }
     }
+}
+
+/// Reads the messages of the next update (up to the one without `more`) and puts them
+/// together as the proxy does; `None` when the stream ends between updates.
+async fn next_update(
+    updates: &mut Streaming<ViewUpdate>,
+) -> Result<Option<(ViewUpdate, Vec<usize>)>, tonic::Status> {
+    let Some(mut update) = updates.message().await? else {
+        return Ok(None);
+    };
+    let mut sizes = vec![prost::Message::encoded_len(&update)];
+    while update.more {
+        let Some(next) = updates.message().await? else {
+            return Err(tonic::Status::unavailable(
+                "the stream ended within an update",
+            ));
+        };
+        sizes.push(prost::Message::encoded_len(&next));
+        if next.inbound.is_some() {
+            update.inbound = next.inbound;
+        }
+        match (&mut update.services, next.services) {
+            (Some(so_far), Some(more)) => {
+                so_far.upserted.extend(more.upserted);
+                so_far.removed.extend(more.removed);
+            }
+            (so_far, more) => *so_far = more.or(so_far.take()),
+        }
+        update.more = next.more;
+    }
+    Ok(Some((update, sizes)))
 }
 
 #[derive(Debug)]
@@ -201,6 +251,8 @@ async fn subscribe(
             pod: mesh::pod_name(proxy),
             current_version: String::new(),
             proxy_version: "weft-propagation".into(),
+            outbound_deltas: true,
+            ..Default::default()
         })),
     })
     .await?;
@@ -208,11 +260,10 @@ async fn subscribe(
         .subscribe(ReceiverStream::new(rx))
         .await?
         .into_inner();
-    let first = updates
-        .message()
+    let (first, sizes) = next_update(&mut updates)
         .await?
         .ok_or_else(|| anyhow::anyhow!("the stream ended before the first view"))?;
-    let update = Update::of(&first);
+    let update = Update::of(&first, &sizes);
     ack(&acks, first.version).await?;
     Ok(ProxyStream {
         _client: client,
@@ -227,6 +278,7 @@ async fn ack(acks: &mpsc::Sender<SubscribeRequest>, version: String) -> anyhow::
         kind: Some(subscribe_request::Kind::Ack(Ack {
             version,
             error: String::new(),
+            ..Default::default()
         })),
     })
     .await
@@ -237,10 +289,10 @@ impl ProxyStream {
     /// Acks every update until the stream ends.
     async fn serve(mut self, proxy: usize, events: &mpsc::UnboundedSender<Event>) {
         let ended = loop {
-            match self.updates.message().await {
-                Ok(Some(update)) => {
+            match next_update(&mut self.updates).await {
+                Ok(Some((update, sizes))) => {
                     let at = Instant::now();
-                    let info = Update::of(&update);
+                    let info = Update::of(&update, &sizes);
                     if let Err(error) = ack(&self.acks, update.version).await {
                         break format!("{error:#}");
                     }

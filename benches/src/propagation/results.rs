@@ -233,8 +233,11 @@ pub struct SubscribePhase {
     pub seconds: f64,
     /// Per proxy, first connect attempt → first view acked (includes waiting for a slot).
     pub per_proxy: Percentiles,
-    /// Size of the first view (inbound + outbound), protobuf bytes.
+    /// Size of the first view (inbound + outbound), protobuf bytes, over all its messages.
     pub first_view_bytes: usize,
+    /// The messages the first view came in (the most of any proxy), and the largest message.
+    pub first_view_messages: usize,
+    pub largest_message_bytes: usize,
     pub cp_cpu_s: f64,
     pub client_cpu_s: f64,
     /// The control plane's counters after every proxy subscribed.
@@ -503,7 +506,7 @@ impl PropagationResults {
             let cp = &size.control_plane;
             let _ = writeln!(
                 out,
-                "| {} / {} | {:.1} s | {:.1} s{} | {:.0} / {:.0} ms | {:.0} KiB | {:.1} s | {} | {} ({}) | {} ({}) | {} | {:.0} |",
+                "| {} / {} | {:.1} s | {:.1} s{} | {:.0} / {:.0} ms | {:.0} KiB in {} msg, largest {:.1} KiB | {:.1} s | {} | {} ({}) | {} ({}) | {} | {:.0} |",
                 size.proxies,
                 size.pods,
                 size.ready_s,
@@ -516,6 +519,8 @@ impl PropagationResults {
                 sub.per_proxy.p50_ms,
                 sub.per_proxy.p99_ms,
                 sub.first_view_bytes as f64 / 1024.0,
+                sub.first_view_messages,
+                sub.largest_message_bytes as f64 / 1024.0,
                 sub.cp_cpu_s,
                 kib(cp.ready.rss_kib),
                 kib(cp.subscribed.rss_kib),

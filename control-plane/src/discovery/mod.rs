@@ -1,8 +1,11 @@
 //! The push API: `Discovery.Subscribe`. A proxy connects over mTLS with its workload
 //! certificate, names its pod, and gets its view at once and again whenever a part of it
 //! changes — only the parts that changed, and only if they changed for *that* proxy, which
-//! falls out of comparing content hashes per part. Each update is acknowledged; the registry
-//! keeps what every proxy was sent and has acked for `/debug/proxies` and `weftctl check`.
+//! falls out of comparing content hashes per part. The outbound part goes to proxies that
+//! take deltas as per-Service full syncs and deltas, split into bounded messages
+//! ([`subscriber`]); every subscription sends the same pre-encoded bytes ([`wire`]). Each
+//! update is acknowledged; the registry keeps what every proxy was sent and has acked for
+//! `/debug/proxies` and `weftctl check`.
 //!
 //! Who may subscribe: the caller's certificate names a service account; it must be the pod's
 //! (when the index knows the pod) and in any case in the pod's namespace, so a workload can
@@ -10,6 +13,9 @@
 
 mod registry;
 mod subscriber;
+#[cfg(test)]
+mod tests;
+pub mod wire;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,14 +23,14 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use weft_api::proto::discovery::v1::discovery_server::{Discovery, DiscoveryServer};
-use weft_api::proto::discovery::v1::{subscribe_request, Hello, SubscribeRequest, ViewUpdate};
+use weft_api::proto::discovery::v1::{subscribe_request, Hello, SubscribeRequest};
 use weft_api::SpiffeId;
 
 use crate::index::Views;
 use crate::server::PeerInfo;
 
 pub use registry::{DiscoveryMetrics, Registry, SubscriberInfo};
+pub use wire::{DiscoveryServer, Push};
 
 /// How long a new stream may take to say Hello: a client that opens streams and says
 /// nothing must not hold tasks forever.
@@ -57,7 +63,7 @@ impl DiscoveryService {
         }
     }
 
-    pub fn into_server(self) -> DiscoveryServer<Self> {
+    pub fn into_server(self) -> DiscoveryServer {
         DiscoveryServer::new(self)
     }
 
@@ -103,14 +109,12 @@ impl DiscoveryService {
     }
 }
 
-#[tonic::async_trait]
-impl Discovery for DiscoveryService {
-    type SubscribeStream = ReceiverStream<Result<ViewUpdate, Status>>;
-
-    async fn subscribe(
+impl DiscoveryService {
+    /// `Discovery.Subscribe` (served by [`DiscoveryServer`]).
+    pub async fn subscribe(
         &self,
         request: Request<Streaming<SubscribeRequest>>,
-    ) -> Result<Response<Self::SubscribeStream>, Status> {
+    ) -> Result<Response<ReceiverStream<Result<Push, Status>>>, Status> {
         let peer = request.extensions().get::<PeerInfo>().cloned();
         let identity = peer
             .as_ref()
@@ -137,7 +141,8 @@ impl Discovery for DiscoveryService {
         let remote = peer.and_then(|p| p.remote_addr);
         let handle = self.registry.register(&hello, &identity, remote);
         tracing::info!(%identity, namespace = %hello.namespace, pod = %hello.pod,
-            current = %hello.current_version, "proxy subscribed");
+            current = %hello.current_version, deltas = hello.outbound_deltas,
+            services = %hello.services_version, "proxy subscribed");
         let mut stop = self.stop.clone();
         let subscription = subscriber::run(hello, self.views.clone(), requests, tx, handle);
         tokio::spawn(async move {

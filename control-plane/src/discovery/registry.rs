@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry as Metrics;
-use weft_api::proto::discovery::v1::{Ack, Hello, ViewUpdate};
+use weft_api::proto::discovery::v1::{Ack, Hello};
 use weft_api::SpiffeId;
 
 /// One subscribed proxy as the admin endpoint shows it.
@@ -24,6 +24,9 @@ pub struct SubscriberInfo {
     pub pod: String,
     pub identity: String,
     pub proxy_version: String,
+    /// Whether it takes the outbound part as per-Service deltas (false: a proxy built
+    /// before them, sent the whole outbound view on every change).
+    pub outbound_deltas: bool,
     pub remote: Option<String>,
     pub connected_at_unix: u64,
     pub sent_version: String,
@@ -42,11 +45,46 @@ struct PartLabel {
     part: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// How an update carried the outbound part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Sync {
+    /// The whole view, to a proxy that doesn't take deltas.
+    Whole,
+    /// Every Service, to a proxy that had no set this control plane could build on.
+    Full,
+    /// The Services changed since the version the proxy had.
+    Delta,
+}
+
+impl Sync {
+    fn label(self) -> &'static str {
+        match self {
+            Sync::Whole => "whole",
+            Sync::Full => "full",
+            Sync::Delta => "delta",
+        }
+    }
+}
+
+/// One update as sent (once, however many messages it took).
+#[derive(Debug)]
+pub(super) struct Sent<'a> {
+    pub version: &'a str,
+    pub inbound: bool,
+    pub outbound: Option<Sync>,
+}
+
 /// The push server's metrics.
 #[derive(Clone)]
 pub struct DiscoveryMetrics {
     subscribers: Gauge,
     pushes: Family<PartLabel, Counter>,
+    outbound_syncs: Family<KindLabel, Counter>,
     acks: Family<ResultLabel, Counter>,
     ack_latency: Histogram,
 }
@@ -56,6 +94,7 @@ impl DiscoveryMetrics {
         let this = DiscoveryMetrics {
             subscribers: Gauge::default(),
             pushes: Family::default(),
+            outbound_syncs: Family::default(),
             acks: Family::default(),
             // 1 ms .. ~16 s.
             ack_latency: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
@@ -69,6 +108,12 @@ impl DiscoveryMetrics {
             "weft_cp_pushes",
             "View parts sent to proxies (part: inbound, outbound)",
             this.pushes.clone(),
+        );
+        metrics.register(
+            "weft_cp_outbound_syncs",
+            "Outbound parts sent, by form (kind: delta, full, whole); a full sync or a whole \
+             view costs the size of the mesh, a delta what changed",
+            this.outbound_syncs.clone(),
         );
         metrics.register(
             "weft_cp_acks",
@@ -126,6 +171,7 @@ impl Registry {
             pod: hello.pod.clone(),
             identity: identity.to_string(),
             proxy_version: hello.proxy_version.clone(),
+            outbound_deltas: hello.outbound_deltas,
             remote: remote.map(|r| r.to_string()),
             connected_at_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -163,23 +209,27 @@ impl Handle {
         &self.workload
     }
 
-    pub fn sent(&self, update: &ViewUpdate) {
+    pub fn sent(&self, update: &Sent<'_>) {
         let metrics = &self.registry.metrics;
-        if update.inbound.is_some() {
+        if update.inbound {
             metrics
                 .pushes
                 .get_or_create(&PartLabel { part: "inbound" })
                 .inc();
         }
-        if update.outbound.is_some() {
+        if let Some(sync) = update.outbound {
             metrics
                 .pushes
                 .get_or_create(&PartLabel { part: "outbound" })
                 .inc();
+            metrics
+                .outbound_syncs
+                .get_or_create(&KindLabel { kind: sync.label() })
+                .inc();
         }
         if let Some(entry) = self.registry.lock().get_mut(&self.id) {
-            entry.info.sent_version = update.version.clone();
-            entry.sent_at = Some((update.version.clone(), Instant::now()));
+            entry.info.sent_version = update.version.to_owned();
+            entry.sent_at = Some((update.version.to_owned(), Instant::now()));
         }
     }
 

@@ -17,14 +17,34 @@ fn fnv1a(bytes: &[u8], mut hash: u64) -> u64 {
 }
 
 pub fn content_hash(message: &impl Message) -> u64 {
-    fnv1a(&message.encode_to_vec(), FNV_OFFSET)
+    bytes_hash(&message.encode_to_vec())
+}
+
+/// The content hash of an encoded message.
+pub fn bytes_hash(encoded: &[u8]) -> u64 {
+    fnv1a(encoded, FNV_OFFSET)
+}
+
+/// One hash of several, in order (the outbound version: its Services' hashes by key).
+pub fn combine(hashes: impl IntoIterator<Item = u64>) -> u64 {
+    hashes
+        .into_iter()
+        .fold(FNV_OFFSET, |hash, part| fnv1a(&part.to_le_bytes(), hash))
+}
+
+/// How a hash is written in versions.
+pub fn hex(hash: u64) -> String {
+    format!("{hash:016x}")
+}
+
+/// A hash written by [`hex`]; `None` for anything else (an empty version, another format).
+pub fn parse_hex(text: &str) -> Option<u64> {
+    (text.len() == 16)
+        .then(|| u64::from_str_radix(text, 16).ok())
+        .flatten()
 }
 
 /// The version a proxy sees for a view made of these parts.
 pub fn version(inbound: u64, outbound: u64) -> String {
-    let combined = fnv1a(
-        &outbound.to_le_bytes(),
-        fnv1a(&inbound.to_le_bytes(), FNV_OFFSET),
-    );
-    format!("{combined:016x}")
+    hex(combine([inbound, outbound]))
 }

@@ -9,7 +9,7 @@ use weft_api::crd::{DEFAULT_POLICY_ANNOTATION, MTLS_MODE_ANNOTATION};
 use weft_api::proto::discovery::v1 as pb;
 use weft_api::SpiffeId;
 
-use super::{object_problem, MeshSettings, Part};
+use super::{object_problem, ByPod, MeshSettings, Part};
 use crate::convert::{self, FieldError};
 use crate::state::{NamespacedName, Problem, State};
 
@@ -97,11 +97,7 @@ impl Fallback {
     }
 }
 
-type Views = (
-    HashMap<NamespacedName, Arc<Part<pb::Inbound>>>,
-    HashMap<NamespacedName, String>,
-    Fallback,
-);
+type Views = (ByPod<Arc<Part<pb::Inbound>>>, ByPod<String>, Fallback);
 
 pub fn views(
     state: &State,
@@ -151,8 +147,8 @@ pub fn views(
         );
     }
 
-    let mut inbound = HashMap::with_capacity(state.pods.len());
-    let mut identities = HashMap::with_capacity(state.pods.len());
+    let mut inbound = ByPod::default();
+    let mut identities = ByPod::default();
     for (key, pod) in &state.pods {
         let (namespace, name) = key;
         let defaults = namespaces
@@ -180,9 +176,9 @@ pub fn views(
             pod_mode,
             &policies,
         );
-        inbound.insert(key.clone(), Arc::new(Part::new(view)));
+        inbound.insert(namespace, name, Arc::new(Part::new(view)));
         if let Some(id) = pod_identity(&settings.trust_domain, namespace, pod) {
-            identities.insert(key.clone(), id);
+            identities.insert(namespace, name, id);
         }
     }
     let fallback = Fallback {

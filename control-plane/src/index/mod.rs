@@ -5,7 +5,9 @@
 //!
 //! Views are recomputed whole from each new state (a few milliseconds for ten thousand pods)
 //! and each part carries a content hash, so the push server sends a proxy only the parts
-//! whose hash changed: a policy edit reaches only the workloads it selects.
+//! whose hash changed: a policy edit reaches only the workloads it selects. The outbound
+//! part is kept per Service ([`services`]): each Service encoded and hashed once, and the
+//! delta from the previous outbound version computed once, for every subscription to share.
 //!
 //! An object that fails validation here (a policy pattern that does not parse, a route
 //! without backends' ports) is reported and its last good conversion stays in force while
@@ -14,6 +16,7 @@
 mod hash;
 mod inbound;
 mod outbound;
+pub mod services;
 #[cfg(test)]
 mod tests;
 
@@ -26,8 +29,9 @@ use weft_api::proto::discovery::v1 as pb;
 use crate::convert::FieldError;
 use crate::state::{NamespacedName, Problem, ProblemBoard, State};
 
-pub use hash::{content_hash, version};
+pub use hash::{content_hash, hex, parse_hex, version};
 pub use inbound::{parse_default_policy, parse_mtls_mode};
+pub use services::{OutboundView, ServicePart, DEFAULT_MAX_CHUNK_BYTES};
 
 /// The problems the index reports on the board.
 const REPORTER: &str = "index";
@@ -74,22 +78,61 @@ impl<T: prost::Message> Part<T> {
     }
 }
 
+/// Values by namespace and name, looked up with `&str`s: the push server looks every
+/// subscriber's pod up on every change, and a `(String, String)` key would cost two
+/// allocations per lookup.
+#[derive(Debug)]
+pub struct ByPod<T>(HashMap<String, HashMap<String, T>>);
+
+impl<T> Default for ByPod<T> {
+    fn default() -> Self {
+        ByPod(HashMap::new())
+    }
+}
+
+impl<T> ByPod<T> {
+    pub fn get(&self, namespace: &str, name: &str) -> Option<&T> {
+        self.0.get(namespace)?.get(name)
+    }
+
+    fn insert(&mut self, namespace: &str, name: &str, value: T) {
+        match self.0.get_mut(namespace) {
+            Some(pods) => {
+                pods.insert(name.to_owned(), value);
+            }
+            None => {
+                let pods = HashMap::from([(name.to_owned(), value)]);
+                self.0.insert(namespace.to_owned(), pods);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Everything the push server needs, computed from one state.
 #[derive(Debug)]
 pub struct Views {
-    inbound: HashMap<NamespacedName, Arc<Part<pb::Inbound>>>,
+    inbound: ByPod<Arc<Part<pb::Inbound>>>,
     /// Each pod's SPIFFE ID: a proxy may only subscribe for a pod that runs as its identity.
-    identities: HashMap<NamespacedName, String>,
+    identities: ByPod<String>,
     /// For pods the state does not know (yet): what applies to any pod of the namespace.
     fallback: inbound::Fallback,
-    pub outbound: Arc<Part<pb::Outbound>>,
+    /// The same `Arc` as the previous views' when the outbound view did not change.
+    pub outbound: Arc<OutboundView>,
 }
 
 impl Views {
     /// The inbound view of pod `name` in `namespace`; a pod the index does not know gets the
     /// policies that select every pod of its namespace.
     pub fn inbound_for(&self, namespace: &str, name: &str) -> Arc<Part<pb::Inbound>> {
-        match self.inbound.get(&(namespace.to_owned(), name.to_owned())) {
+        match self.inbound.get(namespace, name) {
             Some(view) => view.clone(),
             None => Arc::new(Part::new(self.fallback.view(namespace, name))),
         }
@@ -97,9 +140,7 @@ impl Views {
 
     /// The SPIFFE ID pod `name` runs as, if the index knows the pod.
     pub fn identity_of(&self, namespace: &str, name: &str) -> Option<&str> {
-        self.identities
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .map(String::as_str)
+        self.identities.get(namespace, name).map(String::as_str)
     }
 
     pub fn workloads(&self) -> usize {
@@ -108,19 +149,37 @@ impl Views {
 }
 
 /// Computes views, keeping the last good conversion of objects that became invalid.
-#[derive(Default)]
 pub struct Index {
     settings: MeshSettings,
     last_good: inbound::LastGood,
     last_good_outbound: outbound::LastGood,
+    /// The last outbound view: the next one's delta is computed against it.
+    last_outbound: Option<Arc<OutboundView>>,
+    max_chunk_bytes: usize,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index::new(MeshSettings::default())
+    }
 }
 
 impl Index {
     pub fn new(settings: MeshSettings) -> Self {
         Index {
             settings,
-            ..Index::default()
+            last_good: Default::default(),
+            last_good_outbound: Default::default(),
+            last_outbound: None,
+            max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES,
         }
+    }
+
+    /// Splits outbound updates into messages of at most this many bytes of Services
+    /// ([`DEFAULT_MAX_CHUNK_BYTES`]).
+    pub fn with_max_chunk_bytes(mut self, bytes: usize) -> Self {
+        self.max_chunk_bytes = bytes.max(1);
+        self
     }
 
     pub fn compute(&mut self, state: &State) -> (Views, Vec<Problem>) {
@@ -128,17 +187,23 @@ impl Index {
         let policies = inbound::convert_policies(state, &mut self.last_good, &mut problems);
         let (inbound, identities, fallback) =
             inbound::views(state, &self.settings, policies, &mut problems);
-        let outbound = outbound::view(
+        let services = outbound::view(
             state,
             &self.settings,
             &mut self.last_good_outbound,
             &mut problems,
         );
+        let outbound = OutboundView::build(
+            &services.services,
+            self.last_outbound.as_ref(),
+            self.max_chunk_bytes,
+        );
+        self.last_outbound = Some(outbound.clone());
         let views = Views {
             inbound,
             identities,
             fallback,
-            outbound: Arc::new(Part::new(outbound)),
+            outbound,
         };
         (views, problems)
     }
@@ -183,7 +248,8 @@ pub async fn run(
         index = returned;
         tracing::debug!(
             workloads = computed.workloads(),
-            services = computed.outbound.message.services.len(),
+            services = computed.outbound.services.len(),
+            outbound = %computed.outbound.version(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "views computed"
         );

@@ -1,6 +1,8 @@
 //! The index against small clusters written as YAML: selection, defaults and their
 //! annotations, endpoints and their identities, route and traffic-policy attachment, last
-//! good conversions, and which hashes a change moves.
+//! good conversions, which hashes a change moves, and the outbound delta between versions.
+
+use prost::Message;
 
 use super::*;
 use crate::state::decode;
@@ -163,7 +165,8 @@ fn pod_identities_come_from_service_accounts() {
 #[test]
 fn endpoints_carry_the_identity_only_of_meshed_pods() {
     let (views, _) = Index::new(settings()).compute(&state_from(CLUSTER));
-    let service = &views.outbound.message.services[0];
+    let services = views.outbound.decode().expect("decodes");
+    let service = &services[0];
     assert_eq!(service.cluster_ips, ["10.96.0.10", "fd00::10"]);
     assert_eq!(
         service
@@ -220,7 +223,7 @@ fn endpoints_sharing_an_address_are_kept_apart_by_their_ports() {
         slice("a-again", 17206)
     );
     let (views, _) = Index::new(settings()).compute(&state_from(&yaml));
-    let ports: Vec<u32> = views.outbound.message.services[0]
+    let ports: Vec<u32> = views.outbound.decode().expect("decodes")[0]
         .endpoints
         .iter()
         .map(|e| e.ports[0].port)
@@ -258,7 +261,8 @@ spec: {targetRef: {kind: Service, name: orders}, retries: {attempts: 5}}
 fn routes_attach_oldest_first_and_the_oldest_traffic_policy_wins() {
     let state = state_from(&format!("{CLUSTER}---\n{ROUTES}"));
     let (views, problems) = Index::new(settings()).compute(&state);
-    let service = &views.outbound.message.services[0];
+    let services = views.outbound.decode().expect("decodes");
+    let service = &services[0];
     let routes: Vec<_> = service
         .routes
         .iter()
@@ -350,4 +354,115 @@ fn a_policy_change_moves_only_the_hashes_it_affects() {
         ),
         version(after.inbound_for("shop", "web-1").hash, after.outbound.hash)
     );
+}
+
+/// A Service `name` in `shop` with one endpoint, ready or not.
+fn service_yaml(name: &str, ready: bool) -> String {
+    format!(
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\n\
+         spec: {{clusterIP: 10.96.1.1, ports: [{{name: http, port: 80}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-1, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\n\
+         endpoints: [{{addresses: [10.0.1.1], conditions: {{ready: {ready}}}}}]\n"
+    )
+}
+
+fn names(parts: &[Arc<ServicePart>]) -> Vec<String> {
+    parts.iter().map(|p| p.key()).collect()
+}
+
+#[test]
+fn the_outbound_delta_has_what_was_added_changed_or_removed_and_nothing_else() {
+    let mut index = Index::new(settings());
+    let base = format!(
+        "{CLUSTER}{}{}",
+        service_yaml("billing", true),
+        service_yaml("cart", true)
+    );
+    let (first, _) = index.compute(&state_from(&base));
+    assert!(first.outbound.delta.is_none(), "nothing before the first");
+    assert_eq!(
+        names(&first.outbound.services),
+        ["shop/billing", "shop/cart", "shop/orders"]
+    );
+
+    // Added.
+    let added = format!("{base}{}", service_yaml("audit", true));
+    let (second, _) = index.compute(&state_from(&added));
+    let delta = second.outbound.delta.as_ref().expect("a delta");
+    assert_eq!(delta.base, first.outbound.hash);
+    assert_eq!(names(&delta.upserted), ["shop/audit"]);
+    assert!(delta.removed.is_empty());
+    // Unchanged Services are the previous version's, not copies.
+    for (old, new) in first
+        .outbound
+        .services
+        .iter()
+        .zip(&second.outbound.services[1..])
+    {
+        assert!(Arc::ptr_eq(old, new), "{} was copied", new.key());
+    }
+
+    // Changed: an endpoint turns unready.
+    let changed = added.replace(&service_yaml("cart", true), &service_yaml("cart", false));
+    let (third, _) = index.compute(&state_from(&changed));
+    let delta = third.outbound.delta.as_ref().expect("a delta");
+    assert_eq!(delta.base, second.outbound.hash);
+    assert_eq!(names(&delta.upserted), ["shop/cart"]);
+    assert!(delta.removed.is_empty());
+    let cart = delta.upserted[0].decode().expect("decodes");
+    assert!(!cart.endpoints[0].ready);
+
+    // Removed.
+    let removed = changed.replace(&service_yaml("billing", true), "");
+    let (fourth, _) = index.compute(&state_from(&removed));
+    let delta = fourth.outbound.delta.as_ref().expect("a delta");
+    assert!(delta.upserted.is_empty());
+    assert_eq!(delta.removed, ["shop/billing"]);
+
+    // The delta's messages say so on the wire.
+    let message = pb::Services::decode(delta.chunks[0].clone()).expect("decodes");
+    assert_eq!(delta.chunks.len(), 1);
+    assert_eq!(message.sync, pb::Sync::Delta as i32);
+    assert_eq!(message.base, third.outbound.version());
+    assert_eq!(message.version, fourth.outbound.version());
+    assert_eq!(message.removed, ["shop/billing"]);
+
+    // A policy edit leaves the outbound view as it was: the same one, its delta included
+    // (a proxy still one version behind gets that).
+    let policy_edit = removed.replace(
+        "spec: {selector: {matchLabels: {app: orders}}, rules: [{}]}",
+        "spec: {selector: {matchLabels: {app: orders}}, action: DENY, rules: [{}]}",
+    );
+    let (fifth, _) = index.compute(&state_from(&policy_edit));
+    assert!(Arc::ptr_eq(&fourth.outbound, &fifth.outbound));
+}
+
+#[test]
+fn outbound_versions_are_stable_and_name_the_set() {
+    let yaml = format!("{CLUSTER}{}", service_yaml("cart", true));
+    let (one, _) = Index::new(settings()).compute(&state_from(&yaml));
+    let (other, _) = Index::new(settings()).compute(&state_from(&yaml));
+    assert_eq!(
+        one.outbound.hash, other.outbound.hash,
+        "across index instances"
+    );
+    for (a, b) in one.outbound.services.iter().zip(&other.outbound.services) {
+        assert_eq!((a.hash, &a.encoded), (b.hash, &b.encoded));
+    }
+    assert_eq!(one.outbound.version(), hex(one.outbound.hash));
+    assert_eq!(parse_hex(&one.outbound.version()), Some(one.outbound.hash));
+    // The version is the per-Service hashes in key order: reached by another path (a
+    // Service added, then removed again) the same set has the same version.
+    let mut index = Index::new(settings());
+    index.compute(&state_from(CLUSTER));
+    let (back, _) = index.compute(&state_from(&yaml));
+    assert_eq!(back.outbound.hash, one.outbound.hash);
+    let (without, _) = index.compute(&state_from(CLUSTER));
+    assert_ne!(without.outbound.hash, one.outbound.hash);
+    // Changing any Service changes it.
+    let unready = format!("{CLUSTER}{}", service_yaml("cart", false));
+    let (changed, _) = Index::new(settings()).compute(&state_from(&unready));
+    assert_ne!(changed.outbound.hash, one.outbound.hash);
 }

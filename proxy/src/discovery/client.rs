@@ -12,6 +12,10 @@
 //!   failure, not the same one going on).
 //! - **Stop with the proxy.** Both the stream and the wait race the drain signal, so
 //!   shutdown never waits for the control plane.
+//! - **Outbound deltas.** The Hello asks for the outbound part as per-Service full syncs and
+//!   deltas and names the Services version held, so after a reconnect an unchanged mesh
+//!   costs no full sync. Each stream's [`Session`] puts split updates together and acks
+//!   once per version ([`super::sync`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use weft_api::proto::discovery::v1::subscribe_request::Kind;
 
 use super::metrics::DiscoveryMetrics;
 use super::store::ViewStore;
+use super::sync::{Received, Session};
 use crate::drain;
 use crate::identity::control_plane::status_message;
 use crate::identity::Tls;
@@ -136,7 +141,8 @@ impl From<tonic::Status> for Ended {
 /// The loop's state: see the module docs.
 pub(crate) struct Subscriber<C> {
     pub(crate) connect: C,
-    /// `namespace`, `pod` and `proxy_version`; `current_version` is filled in per stream.
+    /// `namespace`, `pod`, `proxy_version` and `outbound_deltas`; `current_version` and
+    /// `services_version` are filled in per stream.
     pub(crate) hello: pb::Hello,
     pub(crate) store: Arc<ViewStore>,
     pub(crate) metrics: DiscoveryMetrics,
@@ -172,8 +178,17 @@ impl<C: Connect> Subscriber<C> {
     /// One stream, from `Hello` to its end. Returns whether it delivered an update.
     async fn session(&mut self) -> (bool, Ended) {
         let (requests, requests_rx) = mpsc::unbounded_channel();
+        let current = self.store.load_full();
         let hello = pb::Hello {
-            current_version: self.current_version(),
+            current_version: current
+                .as_ref()
+                .map(|view| view.version.clone())
+                .unwrap_or_default(),
+            services_version: current
+                .as_ref()
+                .filter(|_| self.hello.outbound_deltas)
+                .map(|view| view.services_version.clone())
+                .unwrap_or_default(),
             ..self.hello.clone()
         };
         // The receiver is still here: sending cannot fail.
@@ -188,6 +203,7 @@ impl<C: Connect> Subscriber<C> {
             "subscribed to the view from the control plane"
         );
         let mut delivered = false;
+        let mut session = Session::new();
         loop {
             let update = match updates.next().await {
                 Ok(Some(update)) => update,
@@ -195,36 +211,46 @@ impl<C: Connect> Subscriber<C> {
                 Err(status) => return (delivered, status.into()),
             };
             delivered = true;
-            let ack = self.apply(update);
+            let Some(ack) = self.receive(&mut session, update) else {
+                continue;
+            };
             if requests.send(request(Kind::Ack(ack))).is_err() {
                 return (delivered, Ended::Closed);
             }
         }
     }
 
-    fn apply(&self, update: pb::ViewUpdate) -> pb::Ack {
-        let version = update.version.clone();
-        match self.store.apply(update) {
-            Ok(view) => {
+    /// Takes one message; returns the ack to send, if the message completed an update.
+    fn receive(&self, session: &mut Session, update: pb::ViewUpdate) -> Option<pb::Ack> {
+        match session.receive(&self.store, update) {
+            Received::Partial | Received::Dropped => None,
+            Received::Applied(view) => {
                 self.metrics.applied(&view.version);
                 tracing::info!(
-                    version,
+                    version = view.version,
                     policies = view.inbound.policies.len(),
                     services = view.outbound.services.len(),
+                    services_version = view.services_version,
                     "view applied"
                 );
-                pb::Ack {
-                    version,
-                    error: String::new(),
-                }
+                Some(pb::Ack {
+                    version: view.version.clone(),
+                    ..Default::default()
+                })
             }
-            Err(error) => {
+            Received::Rejected {
+                version,
+                error,
+                full_sync,
+            } => {
                 self.metrics.rejected();
-                tracing::warn!(version, %error, enforced = self.current_version(), "view update rejected; enforcing the previous view");
-                pb::Ack {
+                tracing::warn!(version, %error, full_sync, enforced = self.current_version(),
+                    "view update rejected; enforcing the previous view");
+                Some(pb::Ack {
                     version,
                     error: error.to_string(),
-                }
+                    full_sync,
+                })
             }
         }
     }

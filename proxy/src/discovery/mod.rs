@@ -3,8 +3,10 @@
 //! and outbound part (the Services it may call); the proxy applies each version and
 //! acknowledges it, or rejects it and keeps enforcing the previous one.
 //!
-//! Read in this order: [`store`] holds the current [`View`] and merges updates into it;
-//! [`client`] owns the stream (subscribe, apply, ack, reconnect); [`metrics`] counts it.
+//! Read in this order: [`store`] holds the current [`View`] and merges updates into it
+//! (the outbound part whole, or per-Service full syncs and deltas); [`sync`] puts split
+//! updates together and asks for a full sync when a delta doesn't fit; [`client`] owns the
+//! stream (subscribe, apply, ack, reconnect); [`metrics`] counts it.
 //! The data path reads the store through [`crate::authz`].
 //!
 //! On only with an identity from the control plane (`--control-plane-addr`) and
@@ -15,6 +17,7 @@
 pub mod client;
 pub mod metrics;
 pub mod store;
+pub mod sync;
 #[cfg(test)]
 mod tests;
 
@@ -26,7 +29,7 @@ use weft_api::proto::discovery::v1 as pb;
 use weft_api::proto::discovery::v1::discovery_client::DiscoveryClient;
 
 pub use metrics::DiscoveryMetrics;
-pub use store::{ApplyError, View, ViewStore};
+pub use store::{ApplyError, SyncError, View, ViewStore};
 
 use crate::bootstrap::RunArgs;
 use crate::drain;
@@ -125,6 +128,8 @@ pub fn start(
             pod: settings.pod.clone(),
             current_version: String::new(),
             proxy_version: env!("CARGO_PKG_VERSION").to_owned(),
+            outbound_deltas: true,
+            ..Default::default()
         },
         store: store.clone(),
         metrics: DiscoveryMetrics::new(registry),

@@ -18,12 +18,18 @@ use crate::config::MtlsMode;
 use crate::traffic::services::{ServiceTable, TableError};
 
 /// One applied version: the parts as received (shown on `/config`) and the inbound part
-/// compiled for the data path.
+/// compiled for the data path. `outbound` is always the whole outbound view, however it
+/// arrived (whole, or as per-Service full syncs and deltas merged in).
 #[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct View {
     pub version: String,
     pub inbound: pb::Inbound,
     pub outbound: pb::Outbound,
+    /// `Services.version` of `outbound` when it came as per-Service resources: what the next
+    /// delta must name as its base, and what the proxy tells the control plane it holds
+    /// when it reconnects. Empty when it came whole (a control plane without deltas).
+    pub services_version: String,
     /// Shared between versions whose update left the inbound part out.
     #[serde(skip)]
     pub authz: Arc<WorkloadPolicy>,
@@ -67,6 +73,35 @@ pub enum ApplyError {
     Policy(#[from] AuthzError),
     #[error(transparent)]
     Services(#[from] TableError),
+    #[error(transparent)]
+    Sync(#[from] SyncError),
+}
+
+/// An outbound part that does not fit the Services the proxy holds, or says nothing usable
+/// about them.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("the update carries the outbound view both whole and as Services")]
+    TwoOutboundForms,
+    #[error("the Services part has no sync kind (full or delta)")]
+    NoSyncKind,
+    #[error("the Services part has no version")]
+    NoServicesVersion,
+    /// A delta for another set than the one held: applying it would make a set the control
+    /// plane never computed.
+    #[error("a delta on Services version {base:?}, but this proxy holds {held:?}")]
+    Base { base: String, held: String },
+    #[error("the delta removes Service {0}, which this proxy does not have")]
+    UnknownService(String),
+}
+
+impl ApplyError {
+    /// Whether the update did not fit the Services the proxy holds (rather than having
+    /// content it can't use): the proxy then asks for a full sync (`Ack.full_sync`). After
+    /// a content error it doesn't: the same content would be rejected again.
+    pub fn needs_full_sync(&self) -> bool {
+        matches!(self, ApplyError::Sync(_))
+    }
 }
 
 #[derive(Default)]
@@ -115,8 +150,9 @@ impl ViewStore {
         tokio::time::timeout(limit, waiting).await.ok()
     }
 
-    /// Merges `update` into the current view and, if its inbound part compiles, makes the
-    /// result current. On error the current view stays.
+    /// Merges `update` (a whole one: a split update's messages put together, see
+    /// [`super::sync`]) into the current view and, if its inbound part compiles and its
+    /// outbound part builds, makes the result current. On error the current view stays.
     pub fn apply(&self, update: pb::ViewUpdate) -> Result<Arc<View>, ApplyError> {
         if update.version.is_empty() {
             return Err(ApplyError::NoVersion);
@@ -130,20 +166,32 @@ impl ViewStore {
             (None, Some(previous)) => (previous.inbound.clone(), previous.authz.clone()),
             (None, None) => return Err(ApplyError::MissingPart("inbound")),
         };
-        let (outbound, services) = match (update.outbound, &previous) {
-            (Some(outbound), previous) => {
+        let outbound = match (update.outbound, update.services, &previous) {
+            (Some(_), Some(_), _) => return Err(SyncError::TwoOutboundForms.into()),
+            (Some(outbound), None, _) => Some((outbound, String::new())),
+            (None, Some(services), previous) => Some(merge(previous.as_deref(), services)?),
+            (None, None, Some(_)) => None,
+            (None, None, None) => return Err(ApplyError::MissingPart("outbound")),
+        };
+        let (outbound, services_version, services) = match (outbound, &previous) {
+            (Some((outbound, services_version)), previous) => {
                 let empty = ServiceTable::default();
                 let learned = previous.as_ref().map_or(&empty, |p| p.services.as_ref());
                 let services = Arc::new(ServiceTable::build(&outbound, learned)?);
-                (outbound, services)
+                (outbound, services_version, services)
             }
-            (None, Some(previous)) => (previous.outbound.clone(), previous.services.clone()),
+            (None, Some(previous)) => (
+                previous.outbound.clone(),
+                previous.services_version.clone(),
+                previous.services.clone(),
+            ),
             (None, None) => return Err(ApplyError::MissingPart("outbound")),
         };
         let view = Arc::new(View {
             version: update.version,
             inbound,
             outbound,
+            services_version,
             authz,
             services,
         });
@@ -151,6 +199,81 @@ impl ViewStore {
         self.applied.notify_waiters();
         Ok(view)
     }
+}
+
+/// The order of the outbound view: by namespace, then name.
+fn key(service: &pb::Service) -> (&str, &str) {
+    (service.namespace.as_str(), service.name.as_str())
+}
+
+/// The outbound view `services` makes (with its version): a full sync's Services, or a
+/// delta merged into `previous`'s.
+fn merge(
+    previous: Option<&View>,
+    services: pb::Services,
+) -> Result<(pb::Outbound, String), SyncError> {
+    if services.version.is_empty() {
+        return Err(SyncError::NoServicesVersion);
+    }
+    let mut upserted = services.upserted;
+    // Stable: of two with one key, the later wins (as it would applied one by one).
+    upserted.sort_by(|a, b| key(a).cmp(&key(b)));
+    upserted.reverse();
+    upserted.dedup_by(|a, b| key(a) == key(b));
+    upserted.reverse();
+    let merged = match pb::Sync::try_from(services.sync) {
+        Ok(pb::Sync::Full) => upserted,
+        Ok(pb::Sync::Delta) => {
+            let held = previous.map_or("", |p| p.services_version.as_str());
+            if held.is_empty() || held != services.base {
+                return Err(SyncError::Base {
+                    base: services.base,
+                    held: held.to_owned(),
+                });
+            }
+            let held = previous.map_or(&[][..], |p| p.outbound.services.as_slice());
+            delta(held, upserted, &services.removed)?
+        }
+        Ok(pb::Sync::Unspecified) | Err(_) => return Err(SyncError::NoSyncKind),
+    };
+    Ok((pb::Outbound { services: merged }, services.version))
+}
+
+/// `held` (in order) with `removed` taken out and `upserted` (in order, one per key) put in.
+fn delta(
+    held: &[pb::Service],
+    upserted: Vec<pb::Service>,
+    removed: &[String],
+) -> Result<Vec<pb::Service>, SyncError> {
+    let mut gone = Vec::with_capacity(removed.len());
+    for name in removed {
+        let found = name
+            .split_once('/')
+            .and_then(|k| held.binary_search_by(|s| key(s).cmp(&k)).ok());
+        match found {
+            Some(index) => gone.push(index),
+            None => return Err(SyncError::UnknownService(name.clone())),
+        }
+    }
+    gone.sort_unstable();
+    gone.dedup();
+    let mut merged = Vec::with_capacity(held.len() + upserted.len());
+    let mut upserted = upserted.into_iter().peekable();
+    let mut gone = gone.into_iter().peekable();
+    for (index, service) in held.iter().enumerate() {
+        while let Some(new) = upserted.next_if(|new| key(new) < key(service)) {
+            merged.push(new);
+        }
+        let replaced = upserted.next_if(|new| key(new) == key(service));
+        let removed = gone.next_if_eq(&index).is_some();
+        match replaced {
+            Some(new) => merged.push(new),
+            None if removed => {}
+            None => merged.push(service.clone()),
+        }
+    }
+    merged.extend(upserted);
+    Ok(merged)
 }
 
 #[cfg(test)]
@@ -191,6 +314,7 @@ mod tests {
             version: version.into(),
             inbound,
             outbound,
+            ..Default::default()
         }
     }
 

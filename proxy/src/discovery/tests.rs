@@ -1,5 +1,6 @@
 //! The subscription loop against a scripted fake control plane, on paused time: the
-//! reconnect schedule, acks and nacks, and stopping with the proxy.
+//! reconnect schedule, acks and nacks (once per split update, asking for a full sync when a
+//! delta doesn't fit), what the Hello says after a reconnect, and stopping with the proxy.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -103,6 +104,8 @@ fn start(script: Vec<Attempt>) -> Running {
             pod: "orders-1".into(),
             current_version: String::new(),
             proxy_version: "test".into(),
+            outbound_deltas: true,
+            ..Default::default()
         },
         store: store.clone(),
         metrics: metrics.clone(),
@@ -132,6 +135,7 @@ fn view(version: &str, inbound: bool, outbound: bool) -> pb::ViewUpdate {
             ..Default::default()
         }),
         outbound: outbound.then(pb::Outbound::default),
+        ..Default::default()
     }
 }
 
@@ -218,7 +222,8 @@ async fn a_stream_that_delivered_an_update_resets_the_backoff() {
         streamed[1],
         Kind::Ack(pb::Ack {
             version: "v1".into(),
-            error: String::new()
+            error: String::new(),
+            ..Default::default()
         })
     );
     // After a reconnect the control plane learns what the proxy still enforces.
@@ -332,5 +337,84 @@ fn discovery_is_on_with_a_pod_name_in_control_plane_mode_only() {
     assert!(
         error.to_string().contains("--control-plane-addr"),
         "{error}"
+    );
+}
+
+fn services_message(
+    version: &str,
+    sync: pb::Sync,
+    base: &str,
+    services_version: &str,
+    names: &[&str],
+    more: bool,
+) -> pb::ViewUpdate {
+    pb::ViewUpdate {
+        version: version.into(),
+        services: Some(pb::Services {
+            sync: sync as i32,
+            base: base.into(),
+            version: services_version.into(),
+            upserted: names
+                .iter()
+                .map(|name| pb::Service {
+                    namespace: "shop".into(),
+                    name: name.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
+            removed: vec![],
+        }),
+        more,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn acks_a_split_update_once_and_asks_for_a_full_sync_when_a_delta_does_not_fit() {
+    let mut first = services_message("v1", pb::Sync::Full, "", "s1", &["a"], true);
+    first.inbound = view("v1", true, false).inbound;
+    let last = services_message("v1", pb::Sync::Full, "", "s1", &["b"], false);
+    let off_base = services_message("v2", pb::Sync::Delta, "s0", "s2", &["c"], false);
+    let run = start(vec![
+        Attempt::Stream(vec![first, last, off_base]),
+        Attempt::Hold(vec![]),
+    ]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acks: Vec<pb::Ack> = sent(&run.log, 0)
+        .into_iter()
+        .filter_map(|kind| match kind {
+            Kind::Ack(ack) => Some(ack),
+            Kind::Hello(hello) => {
+                assert!(hello.outbound_deltas, "the proxy takes deltas");
+                assert_eq!(hello.services_version, "");
+                None
+            }
+        })
+        .collect();
+    assert_eq!(acks.len(), 2, "one per update, not per message: {acks:?}");
+    assert_eq!(
+        (acks[0].version.as_str(), acks[0].error.as_str()),
+        ("v1", "")
+    );
+    assert!(!acks[0].full_sync);
+    assert_eq!(acks[1].version, "v2");
+    assert!(acks[1].error.contains("\"s0\""), "{:?}", acks[1].error);
+    assert!(acks[1].full_sync, "asks for a full sync");
+    let view = run.store.load_full().expect("v1 stays");
+    assert_eq!(view.version, "v1");
+    assert_eq!(view.outbound.services.len(), 2);
+
+    // After the reconnect the Hello names the Services held, so an unchanged mesh costs no
+    // full sync.
+    let hello = match &sent(&run.log, 1)[0] {
+        Kind::Hello(hello) => hello.clone(),
+        other => panic!("expected a Hello, got {other:?}"),
+    };
+    assert_eq!(
+        (
+            hello.current_version.as_str(),
+            hello.services_version.as_str()
+        ),
+        ("v1", "s1")
     );
 }

@@ -233,6 +233,7 @@ mod tests {
                     ..Default::default()
                 }],
             }),
+            ..Default::default()
         }
     }
 

@@ -191,6 +191,7 @@ impl TestControlPlane {
                     version: update.version.clone(),
                     inbound: update.inbound.clone().or(previous.inbound),
                     outbound: update.outbound.clone().or(previous.outbound),
+                    ..Default::default()
                 },
             };
             *current = Some(merged);
@@ -361,6 +362,7 @@ pub fn view(version: &str, inbound: pb::Inbound) -> pb::ViewUpdate {
         version: version.into(),
         inbound: Some(inbound),
         outbound: Some(pb::Outbound::default()),
+        ..Default::default()
     }
 }
 

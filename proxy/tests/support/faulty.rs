@@ -461,6 +461,7 @@ pub fn services_view(version: &str, services: Vec<pb::Service>) -> pb::ViewUpdat
         version: version.into(),
         inbound: Some(inbound(vec![])),
         outbound: Some(pb::Outbound { services }),
+        ..Default::default()
     }
 }
 
