@@ -33,7 +33,11 @@ where
                 let guard = timer.request_started();
                 async move {
                     Ok::<_, Infallible>(
-                        grpc::track(forwarder.handle(req))
+                        // Boxed: the handler's future is several KiB, and the wrappers
+                        // around it (the gRPC status's task-local scope, hyper's service
+                        // future) would otherwise copy it whole at each move; the copies
+                        // were ~9 % of the proxy's CPU at full load.
+                        grpc::track(Box::pin(forwarder.handle(req)))
                             .await
                             .map(|b| OnEnd::new(b, move || drop(guard))),
                     )
@@ -58,7 +62,10 @@ where
         Version::Http2 => {
             let service = service_fn(move |req| {
                 let forwarder = forwarder.clone();
-                async move { Ok::<_, Infallible>(grpc::track(forwarder.handle(req)).await) }
+                async move {
+                    // Boxed for the same reason as above.
+                    Ok::<_, Infallible>(grpc::track(Box::pin(forwarder.handle(req))).await)
+                }
             });
             let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
             builder
