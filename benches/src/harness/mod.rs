@@ -16,6 +16,7 @@ pub mod scenario;
 pub mod stalls;
 pub mod weft;
 
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use results::{Machine, RunResults, SettingsSummary};
@@ -29,6 +30,27 @@ pub enum HarnessError {
     Io(#[from] std::io::Error),
     #[error("load run failed: {0}")]
     Load(String),
+}
+
+/// What a proxy hop does with the bytes it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Parses HTTP/1.1 and routes each request: the product being measured.
+    Http,
+    /// Copies opaque TCP both ways: the transport floor, what any proxy on this machine
+    /// pays for the sockets, wake-ups and syscalls alone, before it looks at a request.
+    Tcp,
+}
+
+/// One proxy of a chain, as both proxies' `start` take it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hop<'a> {
+    pub name: &'a str,
+    pub listen: SocketAddr,
+    pub target: SocketAddr,
+    pub forwarding: Forwarding,
+    /// One side of an mTLS hop (HTTP chains only).
+    pub tls: Option<pki::HopTls<'a>>,
 }
 
 /// Runs `scenarios` in order, printing progress to stderr.
@@ -60,6 +82,7 @@ pub fn run_all(settings: &Settings, scenarios: &[Scenario], quick: bool) -> RunR
         machine,
         scenarios: Vec::new(),
         targets: Vec::new(),
+        floor: Vec::new(),
     };
     for s in scenarios {
         eprintln!("== {} ({})", s.name, s.description);

@@ -168,6 +168,32 @@ pub struct TargetCheck {
     pub detail: String,
 }
 
+/// One proxy's 1-hop CPU per request over HTTP against its own transport floor (the same
+/// chain copying opaque TCP): the difference is what the proxy spends on HTTP itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloorLine {
+    pub proxy: String,
+    /// `closed loop` or `open loop`.
+    pub load: String,
+    pub http_us_per_req: Option<f64>,
+    pub tcp_us_per_req: Option<f64>,
+    /// `http - tcp`.
+    pub http_work_us_per_req: Option<f64>,
+}
+
+impl FloorLine {
+    /// Proxy, loop, HTTP, floor, HTTP work: as printed.
+    fn cells(&self) -> [String; 5] {
+        [
+            self.proxy.clone(),
+            self.load.clone(),
+            opt(self.http_us_per_req, 1),
+            opt(self.tcp_us_per_req, 1),
+            opt(self.http_work_us_per_req, 1),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunResults {
     pub date_utc: String,
@@ -175,6 +201,8 @@ pub struct RunResults {
     pub settings: SettingsSummary,
     pub scenarios: Vec<ScenarioResult>,
     pub targets: Vec<TargetCheck>,
+    /// Not a target: where the 1-hop CPU goes (see [`FloorLine`]).
+    pub floor: Vec<FloorLine>,
 }
 
 impl RunResults {
@@ -190,6 +218,7 @@ impl RunResults {
             }
         }
         self.targets = check_targets(self);
+        self.floor = floor_lines(self);
     }
 
     /// How busy the machine was (with other work) before each scenario.
@@ -280,6 +309,16 @@ impl RunResults {
             };
             let _ = writeln!(out, "[{verdict:^7}] {}: {}", t.target, t.detail);
         }
+        if !self.floor.is_empty() {
+            let _ = writeln!(
+                out,
+                "\n1-hop CPU µs/req: HTTP = transport floor (opaque TCP) + HTTP work"
+            );
+            for f in &self.floor {
+                let [proxy, load, http, tcp, work] = f.cells();
+                let _ = writeln!(out, "  {proxy:<6} {load:<12} {http} = {tcp} + {work}");
+            }
+        }
         out
     }
 
@@ -363,6 +402,18 @@ impl RunResults {
                 verdict,
                 t.detail
             );
+        }
+        if !self.floor.is_empty() {
+            out.push_str(
+                "\nWhere the 1-hop CPU goes (not a target): the same chain with the proxy \
+                 copying opaque TCP is the transport floor — sockets, wake-ups, syscalls — that \
+                 any proxy pays on this machine; the rest is the proxy's HTTP work.\n\n\
+                 | proxy | loop | HTTP µs/req | transport floor µs/req | HTTP work µs/req |\n\
+                 |---|---|---:|---:|---:|\n",
+            );
+            for f in &self.floor {
+                let _ = writeln!(out, "| {} |", f.cells().join(" | "));
+            }
         }
         out
     }
@@ -488,6 +539,34 @@ fn check_targets(r: &RunResults) -> Vec<TargetCheck> {
         },
     ));
     checks
+}
+
+/// [`FloorLine`]s for every proxy whose 1-hop HTTP and TCP scenarios both ran.
+fn floor_lines(r: &RunResults) -> Vec<FloorLine> {
+    let loops: [(&str, fn(&ScenarioResult) -> Option<f64>); 2] = [
+        ("closed loop", |s| s.closed.as_ref()?.proxy_cpu_us_per_req),
+        ("open loop", |s| s.open.as_ref()?.proxy_cpu_us_per_req),
+    ];
+    let mut lines = Vec::new();
+    for proxy in ["weft", "envoy"] {
+        let (Some(http), Some(tcp)) = (
+            r.find(&format!("{proxy}-1hop")),
+            r.find(&format!("{proxy}-1hop-tcp")),
+        ) else {
+            continue;
+        };
+        for (load, pick) in loops {
+            let (h, t) = (pick(http), pick(tcp));
+            lines.push(FloorLine {
+                proxy: proxy.into(),
+                load: load.into(),
+                http_us_per_req: h,
+                tcp_us_per_req: t,
+                http_work_us_per_req: h.zip(t).map(|(h, t)| h - t),
+            });
+        }
+    }
+    lines
 }
 
 fn half_of(target: String, unit: &str, weft: Option<f64>, envoy: Option<f64>) -> TargetCheck {

@@ -13,7 +13,7 @@ use super::pki::{MeshPki, Side};
 use super::process::{command, http_status, tcp_open, Managed, Placement};
 use super::results::{Measured, ProxyProcess, Round, ScenarioResult, Status};
 use super::stalls::StallWatch;
-use super::{envoy, ports::free_ports, weft, HarnessError};
+use super::{envoy, ports::free_ports, weft, Forwarding, HarnessError, Hop};
 use crate::procfs;
 use crate::report::LoadReport;
 
@@ -43,6 +43,7 @@ pub struct Scenario {
     pub upstream_on_proxy_core: bool,
     /// Mutual TLS between the two proxies of a 2-hop chain (certificates from [`pki`]).
     pub mtls: bool,
+    pub forwarding: Forwarding,
 }
 
 /// Every scenario, in the order they run (`direct` first: the others' added latency is
@@ -55,6 +56,7 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "load -> upstream: the baseline of the generator and the upstream alone",
         upstream_on_proxy_core: false,
         mtls: false,
+        forwarding: Forwarding::Http,
     },
     Scenario {
         name: "direct-xcore",
@@ -63,6 +65,7 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "load -> upstream on the proxy core: what crossing cores alone costs",
         upstream_on_proxy_core: true,
         mtls: false,
+        forwarding: Forwarding::Http,
     },
     Scenario {
         name: "weft-1hop",
@@ -71,6 +74,7 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "load -> weft-proxy -> upstream",
         upstream_on_proxy_core: false,
         mtls: false,
+        forwarding: Forwarding::Http,
     },
     Scenario {
         name: "weft-2hop",
@@ -79,6 +83,7 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "load -> weft-proxy (client side) -> weft-proxy (server side) -> upstream",
         upstream_on_proxy_core: false,
         mtls: false,
+        forwarding: Forwarding::Http,
     },
     Scenario {
         name: "envoy-1hop",
@@ -87,6 +92,7 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "load -> Envoy -> upstream",
         upstream_on_proxy_core: false,
         mtls: false,
+        forwarding: Forwarding::Http,
     },
     Scenario {
         name: "envoy-2hop",
@@ -95,6 +101,27 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "load -> Envoy (client side) -> Envoy (server side) -> upstream",
         upstream_on_proxy_core: false,
         mtls: false,
+        forwarding: Forwarding::Http,
+    },
+    // The transport floor of one hop: the same chain with the proxy copying opaque TCP.
+    // What a 1-hop HTTP scenario costs above its proxy's floor is the proxy's HTTP work.
+    Scenario {
+        name: "weft-1hop-tcp",
+        proxy: Some(ProxyKind::Weft),
+        hops: 1,
+        description: "load -> weft-proxy (opaque TCP) -> upstream: weft's transport floor",
+        upstream_on_proxy_core: false,
+        mtls: false,
+        forwarding: Forwarding::Tcp,
+    },
+    Scenario {
+        name: "envoy-1hop-tcp",
+        proxy: Some(ProxyKind::Envoy),
+        hops: 1,
+        description: "load -> Envoy (tcp_proxy) -> upstream: Envoy's transport floor",
+        upstream_on_proxy_core: false,
+        mtls: false,
+        forwarding: Forwarding::Tcp,
     },
     Scenario {
         name: "weft-2hop-mtls",
@@ -103,6 +130,7 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "load -> weft-proxy (client side) =mTLS, HTTP/2=> weft-proxy (server side, inbound) -> upstream",
         upstream_on_proxy_core: false,
         mtls: true,
+        forwarding: Forwarding::Http,
     },
     Scenario {
         name: "envoy-2hop-mtls",
@@ -111,6 +139,7 @@ pub const SCENARIOS: &[Scenario] = &[
         description: "load -> Envoy (client side) =mTLS, HTTP/2=> Envoy (server side) -> upstream",
         upstream_on_proxy_core: false,
         mtls: true,
+        forwarding: Forwarding::Http,
     },
 ];
 
@@ -223,10 +252,17 @@ fn run_chain(
             let tls = pki
                 .as_ref()
                 .map(|p| p.hop(if hop == 0 { Side::Client } else { Side::Server }));
+            let spec = Hop {
+                name: &name,
+                listen,
+                target,
+                forwarding: s.forwarding,
+                tls,
+            };
             let place = st.proxy_place;
             let proxy = match kind {
-                ProxyKind::Weft => weft::start(bin, &name, listen, target, &dir, place, tls)?,
-                ProxyKind::Envoy => envoy::start(bin, &name, listen, target, &dir, place, tls)?,
+                ProxyKind::Weft => weft::start(bin, &spec, &dir, place)?,
+                ProxyKind::Envoy => envoy::start(bin, &spec, &dir, place)?,
             };
             proxies.push(proxy);
         }
