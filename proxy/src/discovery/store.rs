@@ -4,7 +4,10 @@
 //! It lives behind `arc-swap` like the config snapshot: the data path loads it per request
 //! (so a policy change reaches requests on long-lived connections) without a lock, and a
 //! reader never sees half an update. Only the discovery task writes, so merging (load the
-//! previous view, build the next, store it) needs no lock either.
+//! previous view, build the next, store it) needs no lock either. How per-Service full
+//! syncs and deltas merge into the outbound part: [`outbound`].
+
+mod outbound;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,9 @@ use weft_api::proto::discovery::v1 as pb;
 
 use crate::config::MtlsMode;
 use crate::traffic::services::{ServiceTable, TableError};
+use outbound::{merge, whole};
+
+pub use outbound::Outbound;
 
 /// One applied version: the parts as received (shown on `/config`) and the inbound part
 /// compiled for the data path. `outbound` is always the whole outbound view, however it
@@ -25,7 +31,7 @@ use crate::traffic::services::{ServiceTable, TableError};
 pub struct View {
     pub version: String,
     pub inbound: pb::Inbound,
-    pub outbound: pb::Outbound,
+    pub outbound: Outbound,
     /// `Services.version` of `outbound` when it came as per-Service resources: what the next
     /// delta must name as its base, and what the proxy tells the control plane it holds
     /// when it reconnects. Empty when it came whole (a control plane without deltas).
@@ -166,27 +172,24 @@ impl ViewStore {
             (None, Some(previous)) => (previous.inbound.clone(), previous.authz.clone()),
             (None, None) => return Err(ApplyError::MissingPart("inbound")),
         };
-        let outbound = match (update.outbound, update.services, &previous) {
-            (Some(_), Some(_), _) => return Err(SyncError::TwoOutboundForms.into()),
-            (Some(outbound), None, _) => Some((outbound, String::new())),
-            (None, Some(services), previous) => Some(merge(previous.as_deref(), services)?),
-            (None, None, Some(_)) => None,
-            (None, None, None) => return Err(ApplyError::MissingPart("outbound")),
-        };
-        let (outbound, services_version, services) = match (outbound, &previous) {
-            (Some((outbound, services_version)), previous) => {
-                let empty = ServiceTable::default();
-                let learned = previous.as_ref().map_or(&empty, |p| p.services.as_ref());
-                let services = Arc::new(ServiceTable::build(&outbound, learned)?);
-                (outbound, services_version, services)
-            }
-            (None, Some(previous)) => (
-                previous.outbound.clone(),
-                previous.services_version.clone(),
-                previous.services.clone(),
-            ),
-            (None, None) => return Err(ApplyError::MissingPart("outbound")),
-        };
+        let (outbound, services_version, services) =
+            match (update.outbound, update.services, &previous) {
+                (Some(_), Some(_), _) => return Err(SyncError::TwoOutboundForms.into()),
+                (Some(outbound), None, previous) => {
+                    let (outbound, table) = whole(outbound.services, previous.as_deref())?;
+                    (outbound, String::new(), Arc::new(table))
+                }
+                (None, Some(services), previous) => {
+                    let (outbound, version, table) = merge(previous.as_deref(), services)?;
+                    (outbound, version, Arc::new(table))
+                }
+                (None, None, Some(previous)) => (
+                    previous.outbound.clone(),
+                    previous.services_version.clone(),
+                    previous.services.clone(),
+                ),
+                (None, None, None) => return Err(ApplyError::MissingPart("outbound")),
+            };
         let view = Arc::new(View {
             version: update.version,
             inbound,
@@ -199,81 +202,6 @@ impl ViewStore {
         self.applied.notify_waiters();
         Ok(view)
     }
-}
-
-/// The order of the outbound view: by namespace, then name.
-fn key(service: &pb::Service) -> (&str, &str) {
-    (service.namespace.as_str(), service.name.as_str())
-}
-
-/// The outbound view `services` makes (with its version): a full sync's Services, or a
-/// delta merged into `previous`'s.
-fn merge(
-    previous: Option<&View>,
-    services: pb::Services,
-) -> Result<(pb::Outbound, String), SyncError> {
-    if services.version.is_empty() {
-        return Err(SyncError::NoServicesVersion);
-    }
-    let mut upserted = services.upserted;
-    // Stable: of two with one key, the later wins (as it would applied one by one).
-    upserted.sort_by(|a, b| key(a).cmp(&key(b)));
-    upserted.reverse();
-    upserted.dedup_by(|a, b| key(a) == key(b));
-    upserted.reverse();
-    let merged = match pb::Sync::try_from(services.sync) {
-        Ok(pb::Sync::Full) => upserted,
-        Ok(pb::Sync::Delta) => {
-            let held = previous.map_or("", |p| p.services_version.as_str());
-            if held.is_empty() || held != services.base {
-                return Err(SyncError::Base {
-                    base: services.base,
-                    held: held.to_owned(),
-                });
-            }
-            let held = previous.map_or(&[][..], |p| p.outbound.services.as_slice());
-            delta(held, upserted, &services.removed)?
-        }
-        Ok(pb::Sync::Unspecified) | Err(_) => return Err(SyncError::NoSyncKind),
-    };
-    Ok((pb::Outbound { services: merged }, services.version))
-}
-
-/// `held` (in order) with `removed` taken out and `upserted` (in order, one per key) put in.
-fn delta(
-    held: &[pb::Service],
-    upserted: Vec<pb::Service>,
-    removed: &[String],
-) -> Result<Vec<pb::Service>, SyncError> {
-    let mut gone = Vec::with_capacity(removed.len());
-    for name in removed {
-        let found = name
-            .split_once('/')
-            .and_then(|k| held.binary_search_by(|s| key(s).cmp(&k)).ok());
-        match found {
-            Some(index) => gone.push(index),
-            None => return Err(SyncError::UnknownService(name.clone())),
-        }
-    }
-    gone.sort_unstable();
-    gone.dedup();
-    let mut merged = Vec::with_capacity(held.len() + upserted.len());
-    let mut upserted = upserted.into_iter().peekable();
-    let mut gone = gone.into_iter().peekable();
-    for (index, service) in held.iter().enumerate() {
-        while let Some(new) = upserted.next_if(|new| key(new) < key(service)) {
-            merged.push(new);
-        }
-        let replaced = upserted.next_if(|new| key(new) == key(service));
-        let removed = gone.next_if_eq(&index).is_some();
-        match replaced {
-            Some(new) => merged.push(new),
-            None if removed => {}
-            None => merged.push(service.clone()),
-        }
-    }
-    merged.extend(upserted);
-    Ok(merged)
 }
 
 #[cfg(test)]
