@@ -250,8 +250,8 @@ async fn serve_stream<S>(
     let activity = Arc::new(Activity::default());
     let mut io = MeteredIo::new(
         stream,
-        metrics.tcp_read_bytes.clone(),
-        metrics.tcp_write_bytes.clone(),
+        metrics.tcp_read_bytes().clone(),
+        metrics.tcp_write_bytes().clone(),
         activity.clone(),
     );
     let mut prefix = BytesMut::new();

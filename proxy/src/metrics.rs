@@ -4,8 +4,9 @@
 //! request, such as a path, so cardinality stays bounded by what the pod talks to. Every
 //! family, its labels and their bounds: docs/metrics.md.
 //!
-//! Hot paths don't look families up per request: a connection resolves its target once and
-//! keeps a [`TargetMetrics`] of ready handles (each an `Arc` around atomics).
+//! Hot paths don't look families up per request: a target's [`TargetMetrics`] (ready handles,
+//! each an `Arc` around atomics) is resolved once per process and then shared, and a
+//! connection with a fixed target keeps it.
 //!
 //! gRPC responses are counted by their final `grpc-status` ([`grpc`]); the traffic
 //! management state (breakers, ejections, budgets) is read at scrape time
@@ -13,8 +14,9 @@
 
 pub mod grpc;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
@@ -159,6 +161,11 @@ pub struct Metrics {
     overflows: Family<OverflowLabels, Counter>,
     routes: Family<RouteLabels, Counter>,
     info: Family<InfoLabels, Gauge>,
+    /// [`Metrics::for_target`]'s handles by target label (then direction and peer), made once:
+    /// a call to a meshed Service or a forward-proxy request resolves them per request, and
+    /// building the label set and looking it up in seven families each time was most of the
+    /// metrics' cost. Bounded like the families themselves, whose series are never removed.
+    targets: Arc<RwLock<HashMap<String, Vec<TargetMetrics>>>>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -221,6 +228,7 @@ impl Metrics {
             overflows: Family::default(),
             routes: Family::default(),
             info: Family::default(),
+            targets: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("weft");
         r.register("requests", "HTTP requests received", m.requests.clone());
@@ -349,14 +357,34 @@ impl Metrics {
     }
 
     /// Handles for one target. `peer` is the mesh identity on the other end (the caller
-    /// inbound, the upstream outbound) when the connection is mTLS.
+    /// inbound, the upstream outbound) when the connection is mTLS. Made on the first call
+    /// for a (direction, target, peer), shared afterwards.
     pub fn for_target(
         &self,
         direction: Direction,
         target: &str,
         peer: Option<&SpiffeId>,
     ) -> TargetMetrics {
-        let peer = peer.map(|id| id.as_str().to_owned()).unwrap_or_default();
+        let peer = peer.map_or("", SpiffeId::as_str);
+        let same = |known: &&TargetMetrics| known.is(direction, peer);
+        let targets = self.targets.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = targets.get(target).and_then(|all| all.iter().find(same)) {
+            return known.clone();
+        }
+        drop(targets);
+        let mut targets = self.targets.write().unwrap_or_else(PoisonError::into_inner);
+        let all = targets.entry(target.to_owned()).or_default();
+        // Another thread may have made them between the two locks.
+        if let Some(known) = all.iter().find(same) {
+            return known.clone();
+        }
+        let made = self.make_target(direction, target, peer);
+        all.push(made.clone());
+        made
+    }
+
+    fn make_target(&self, direction: Direction, target: &str, peer: &str) -> TargetMetrics {
+        let peer = peer.to_owned();
         let tls = if peer.is_empty() { "false" } else { "true" };
         let (client_id, server_id) = match direction {
             Direction::Inbound => (peer, String::new()),
@@ -369,7 +397,7 @@ impl Metrics {
             client_id,
             server_id,
         };
-        TargetMetrics {
+        TargetMetrics(Arc::new(TargetHandles {
             requests: self.requests.get_or_create(&labels).clone(),
             latency: self.latency.get_or_create(&labels).clone(),
             tcp_read_bytes: self.tcp_read_bytes.get_or_create(&labels).clone(),
@@ -382,9 +410,10 @@ impl Metrics {
                 self.grpc_responses.clone(),
                 labels.clone(),
             )),
-            family: self.clone(),
+            response_family: self.responses.clone(),
+            error_family: self.errors.clone(),
             labels,
-        }
+        }))
     }
 
     /// Counts a failure for a connection that never got as far as having target metrics
@@ -411,58 +440,89 @@ impl Metrics {
     }
 }
 
-/// Metric handles for one (direction, target).
+/// Metric handles for one (direction, target), from [`Metrics::for_target`]. A clone is
+/// another reference to the same handles.
 #[derive(Clone)]
-pub struct TargetMetrics {
-    pub requests: Counter,
-    pub latency: Histogram,
-    pub tcp_read_bytes: Counter,
-    pub tcp_write_bytes: Counter,
+pub struct TargetMetrics(Arc<TargetHandles>);
+
+struct TargetHandles {
+    requests: Counter,
+    latency: Histogram,
+    tcp_read_bytes: Counter,
+    tcp_write_bytes: Counter,
     tcp_opened: Counter,
     tcp_closed: Counter,
     tcp_open: Gauge,
     /// Response counters by status class, looked up on first use: a series exists only for
     /// the classes that occur, and later responses skip the label lookup.
-    responses: Arc<[OnceLock<Counter>; 5]>,
+    responses: [OnceLock<Counter>; 5],
     /// gRPC responses by status, counted when the status is known ([`grpc`]).
     grpc: Arc<grpc::GrpcCounters>,
-    family: Metrics,
+    /// The families of the series made on first use.
+    response_family: Family<ResponseLabels, Counter>,
+    error_family: Family<ErrorLabels, Counter>,
     labels: TargetLabels,
 }
 
 impl TargetMetrics {
+    /// HTTP requests received for the target.
+    pub fn requests(&self) -> &Counter {
+        &self.0.requests
+    }
+
+    pub fn tcp_read_bytes(&self) -> &Counter {
+        &self.0.tcp_read_bytes
+    }
+
+    pub fn tcp_write_bytes(&self) -> &Counter {
+        &self.0.tcp_write_bytes
+    }
+
+    /// Whether these are the handles for `direction` and the mesh identity `peer` (empty
+    /// without mTLS).
+    fn is(&self, direction: Direction, peer: &str) -> bool {
+        let labels = &self.0.labels;
+        let labelled_peer = match direction {
+            Direction::Inbound => &labels.client_id,
+            Direction::Outbound => &labels.server_id,
+        };
+        labels.direction == direction && labelled_peer == peer
+    }
+
     pub fn response(&self, status: http::StatusCode, latency: Duration) {
-        self.latency.observe(latency.as_secs_f64());
-        grpc::responded(&self.grpc);
+        let this = &*self.0;
+        this.latency.observe(latency.as_secs_f64());
+        grpc::responded(&this.grpc);
         const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
         // StatusCode is always 100..=999; everything from 500 up counts as a server error.
         let class = (usize::from(status.as_u16() / 100)).clamp(1, 5) - 1;
-        self.responses[class]
+        this.responses[class]
             .get_or_init(|| {
                 let labels = ResponseLabels {
-                    target: self.labels.clone(),
+                    target: this.labels.clone(),
                     status_class: CLASSES[class],
                 };
-                self.family.responses.get_or_create(&labels).clone()
+                this.response_family.get_or_create(&labels).clone()
             })
             .inc();
     }
 
     pub fn error(&self, kind: ErrorKind) {
         let labels = ErrorLabels {
-            target: self.labels.clone(),
+            target: self.0.labels.clone(),
             kind,
         };
-        self.family.errors.get_or_create(&labels).inc();
+        self.0.error_family.get_or_create(&labels).inc();
     }
 
     /// Counts a connection as open until the returned guard is dropped.
     pub fn connection_opened(&self) -> OpenConnection {
-        self.tcp_opened.inc();
-        self.tcp_open.inc();
+        let this = &*self.0;
+        this.tcp_opened.inc();
+        this.tcp_open.inc();
         OpenConnection {
-            closed: self.tcp_closed.clone(),
-            open: self.tcp_open.clone(),
+            closed: this.tcp_closed.clone(),
+            open: this.tcp_open.clone(),
         }
     }
 }
@@ -495,7 +555,7 @@ mod tests {
         let metrics = Metrics::new(&mut registry);
         let t = metrics.for_target(Direction::Outbound, "10.0.0.1:80", None);
         let conn = t.connection_opened();
-        t.requests.inc();
+        t.requests().inc();
         t.response(http::StatusCode::BAD_GATEWAY, Duration::from_millis(3));
         t.error(ErrorKind::ConnectRefused);
         drop(conn);
@@ -520,14 +580,62 @@ mod tests {
         let id: SpiffeId = "spiffe://td/ns/shop/sa/web".parse().unwrap();
         metrics
             .for_target(Direction::Inbound, "127.0.0.1:8080", Some(&id))
-            .requests
+            .requests()
             .inc();
         metrics
             .for_target(Direction::Outbound, "orders", Some(&id))
-            .requests
+            .requests()
             .inc();
         let text = render(&registry);
         assert!(text.contains(r#"weft_requests_total{direction="inbound",target="127.0.0.1:8080",tls="true",client_id="spiffe://td/ns/shop/sa/web",server_id=""} 1"#), "{text}");
         assert!(text.contains(r#"weft_requests_total{direction="outbound",target="orders",tls="true",client_id="",server_id="spiffe://td/ns/shop/sa/web"} 1"#), "{text}");
+    }
+
+    /// The handles are made once per (direction, target, peer) and shared: each still counts
+    /// on its own series.
+    #[test]
+    fn target_handles_are_shared_per_direction_target_and_peer() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let id: SpiffeId = "spiffe://td/ns/shop/sa/web".parse().unwrap();
+        let orders = metrics.for_target(Direction::Outbound, "orders", None);
+        let again = metrics.for_target(Direction::Outbound, "orders", None);
+        assert!(Arc::ptr_eq(&orders.0, &again.0), "made once");
+        let others = [
+            metrics.for_target(Direction::Outbound, "payments", None),
+            metrics.for_target(Direction::Inbound, "orders", None),
+            metrics.for_target(Direction::Outbound, "orders", Some(&id)),
+            metrics.for_target(Direction::Inbound, "orders", Some(&id)),
+        ];
+        for (i, other) in others.iter().enumerate() {
+            assert!(!Arc::ptr_eq(&orders.0, &other.0), "{i}");
+        }
+        orders.requests().inc();
+        again.requests().inc();
+        again.response(http::StatusCode::OK, Duration::from_millis(1));
+        for other in &others {
+            other.requests().inc();
+        }
+        // A later call finds the handles of the same series, counts included.
+        let later = metrics.for_target(Direction::Inbound, "orders", Some(&id));
+        later.requests().inc();
+        let text = render(&registry);
+        for line in [
+            r#"weft_requests_total{direction="outbound",target="orders",tls="false",client_id="",server_id=""} 2"#,
+            r#"weft_requests_total{direction="outbound",target="payments",tls="false",client_id="",server_id=""} 1"#,
+            r#"weft_requests_total{direction="inbound",target="orders",tls="false",client_id="",server_id=""} 1"#,
+            r#"weft_requests_total{direction="outbound",target="orders",tls="true",client_id="",server_id="spiffe://td/ns/shop/sa/web"} 1"#,
+            r#"weft_requests_total{direction="inbound",target="orders",tls="true",client_id="spiffe://td/ns/shop/sa/web",server_id=""} 2"#,
+            r#"weft_responses_total{status_class="2xx",direction="outbound",target="orders",tls="false",client_id="",server_id=""} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("weft_requests_total{"))
+                .count(),
+            5,
+            "{text}"
+        );
     }
 }

@@ -20,6 +20,7 @@ use http::{Request, Response, Uri};
 use weft_api::authz::{Decision, HttpRequest, RecordKind};
 use weft_api::SpiffeId;
 
+use metrics::AllowCounters;
 pub use metrics::AuthzMetrics;
 pub use response::POLICY_HEADER;
 
@@ -53,6 +54,7 @@ impl Authz {
             caller,
             port,
             target: target.to_owned(),
+            allowed: AllowCounters::default(),
         }
     }
 }
@@ -65,6 +67,8 @@ pub struct ConnAuthz {
     port: u16,
     /// The `target` metric label.
     target: String,
+    /// The counters of the allowed requests, by deciding policy, once used.
+    allowed: AllowCounters,
 }
 
 impl ConnAuthz {
@@ -114,12 +118,14 @@ impl ConnAuthz {
 
     /// Counts the decision and what it recorded; logs denials and records.
     fn record(&self, decision: &Decision, http: Option<HttpRequest<'_>>) {
-        let outcome = if decision.allowed { "allow" } else { "deny" };
-        let policy = decision.decided_by.label();
         if decision.allowed && decision.recorded.is_empty() {
             // The common case: counted, not logged.
-            return self.metrics.count(&self.target, policy, outcome);
+            return self
+                .allowed
+                .count(&self.metrics, &self.target, &decision.decided_by);
         }
+        let outcome = if decision.allowed { "allow" } else { "deny" };
+        let policy = decision.decided_by.label();
         let caller = self.caller.as_ref().map_or("plaintext", SpiffeId::as_str);
         let (method, path) = http.map(|h| (h.method, h.path)).unzip();
         let (target, port) = (self.target.as_str(), self.port);

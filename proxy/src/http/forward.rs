@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use std::borrow::Cow;
 
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::{header, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -44,6 +44,9 @@ pub enum Destination {
 /// receiving proxy removes it and restores HTTP/1.1 for its app.
 pub const ORIG_PROTO_HEADER: &str = "weft-orig-proto";
 const ORIG_PROTO_HTTP1: &str = "HTTP/1.1";
+/// [`ORIG_PROTO_HEADER`] as a name, so that looking it up does not parse the string each
+/// time (it is removed from every request).
+static ORIG_PROTO_NAME: HeaderName = HeaderName::from_static(ORIG_PROTO_HEADER);
 
 /// Everything a connection's requests share. Built once per downstream connection.
 pub struct Forwarder {
@@ -71,7 +74,12 @@ impl Forwarder {
     /// Handles one request, traced and logged when tracing or the access log is on.
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
         match self.observe.start(&mut req) {
-            Some(exchange) => exchange.run(self.dispatch(req)).await,
+            Some(exchange) => {
+                // Awaited here rather than passed to an async fn of the exchange, which would
+                // hold the dispatch future twice (see `Exchange::scope`).
+                let rsp = exchange.scope(self.dispatch(req)).await;
+                exchange.respond(rsp)
+            }
             None => self.dispatch(req).await,
         }
     }
@@ -83,7 +91,7 @@ impl Forwarder {
             let metrics =
                 self.metrics
                     .for_target(self.direction, &target.label, target.identity.as_ref());
-            metrics.requests.inc();
+            metrics.requests().inc();
             let rsp = match crate::traffic::call::call(self, &table, &target, req).await {
                 Ok(rsp) => rsp,
                 Err(error) => {
@@ -102,14 +110,25 @@ impl Forwarder {
                 return error.into_response();
             }
         };
-        metrics.requests.inc();
+        metrics.requests().inc();
         if let Some(authz) = &self.authz {
             if let Some(denied) = authz.denial(&mut req) {
                 metrics.response(denied.status(), started.elapsed());
                 return denied;
             }
         }
-        let rsp = match self.forward(&target, req).await {
+        // `tunnel` and `forward_via` are awaited here rather than through an async fn that
+        // takes the request and picks one: each such layer would keep a copy of the request
+        // in the future of every request (see `Exchange::scope`).
+        let result = if req.method() == Method::CONNECT
+            && matches!(self.destination, Destination::FromRequest)
+        {
+            self.tunnel(&target, req).await
+        } else {
+            let settings = ConnectSettings::plain(self.connect_timeout);
+            self.forward_via(&target, req, &settings).await
+        };
+        let rsp = match result {
             Ok(rsp) => rsp,
             Err(error) => {
                 tracing::info!(%error, %target, direction = self.direction.as_str(), "request failed");
@@ -167,17 +186,6 @@ impl Forwarder {
         }
     }
 
-    async fn forward(
-        &self,
-        target: &Upstream,
-        req: Request<Incoming>,
-    ) -> Result<Response<Body>, ProxyError> {
-        if req.method() == Method::CONNECT && matches!(self.destination, Destination::FromRequest) {
-            return self.tunnel(target, req).await;
-        }
-        self.forward_to(target, req).await
-    }
-
     /// Sends `req` to `target` through the pool, converting between HTTP versions as the hop
     /// needs, and passes an upgrade through.
     pub async fn forward_to<B>(
@@ -209,7 +217,7 @@ impl Forwarder {
         // Only the mesh hop may carry the marker; whatever arrives with it is restored.
         let crossed_as_h1 = req
             .headers_mut()
-            .remove(ORIG_PROTO_HEADER)
+            .remove(&ORIG_PROTO_NAME)
             .is_some_and(|v| v == ORIG_PROTO_HTTP1);
         let upstream_version = if upgrade {
             // An upgrade takes the connection over: it needs HTTP/1.1 end to end.
@@ -232,7 +240,7 @@ impl Forwarder {
             (Version::Http1, Version::Http2) => {
                 to_http2(&mut req, target.addr);
                 req.headers_mut().insert(
-                    ORIG_PROTO_HEADER,
+                    ORIG_PROTO_NAME.clone(),
                     HeaderValue::from_static(ORIG_PROTO_HTTP1),
                 );
             }
@@ -244,10 +252,12 @@ impl Forwarder {
             (Version::Http2, Version::Http2) => {}
         }
         let req = req.map(|b| b.boxed_unsync());
-        let mut rsp = self
-            .pool
-            .send(target, upstream_version, req, settings)
-            .await?;
+        // Not `Pool::send`, one more async fn holding the request (see `Exchange::scope`).
+        let sent = match upstream_version {
+            Version::Http1 => self.pool.send_http1(target, req, settings).await,
+            Version::Http2 => self.pool.send_http2(target, req, settings).await,
+        };
+        let mut rsp = sent?;
 
         if let (StatusCode::SWITCHING_PROTOCOLS, Some(downstream)) =
             (rsp.status(), downstream_upgrade)

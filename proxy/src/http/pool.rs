@@ -111,10 +111,12 @@ struct Idle {
 }
 
 impl Idle {
-    fn usable(&self) -> bool {
+    /// `now` is passed in so that a caller checking several connections (and this, which
+    /// checks two ages) reads the clock once.
+    fn usable(&self, now: Instant) -> bool {
         !self.tx.is_closed()
-            && self.since.elapsed() < self.idle_timeout
-            && self.opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE
+            && now.saturating_duration_since(self.since) < self.idle_timeout
+            && now.saturating_duration_since(self.opened) < DEFAULT_MAX_CONNECTION_AGE
     }
 }
 
@@ -138,7 +140,8 @@ impl Pool {
         pool
     }
 
-    /// Sends `req` to `target`, reusing a connection when one is free.
+    /// Sends `req` to `target`, reusing a connection when one is free. (The forwarding path
+    /// calls [`send_http1`](Self::send_http1) or [`send_http2`](Self::send_http2) directly.)
     pub async fn send(
         self: &Arc<Self>,
         target: &Upstream,
@@ -152,7 +155,8 @@ impl Pool {
         }
     }
 
-    async fn send_http1(
+    /// [`send`](Self::send) over HTTP/1.1.
+    pub async fn send_http1(
         self: &Arc<Self>,
         target: &Upstream,
         mut req: Request<Body>,
@@ -217,12 +221,32 @@ impl Pool {
         if pending.is_none() {
             pending = settings.limits.map(|l| l.pending()).transpose()?;
         }
+        // Boxed: opening a connection is rare next to reusing one, and its futures (TCP
+        // connect, TLS handshake, hyper's handshake) take KiBs that would otherwise be part
+        // of every request's future, and be copied with it.
+        let mut tx = Box::pin(self.open_http1(target, settings, permit, pending)).await?;
+        let rsp = tx.send_request(req).await.map_err(upstream_err)?;
+        Ok(self.pooled_response(target, tx, Instant::now(), rsp, settings))
+    }
+
+    /// Opens a new HTTP/1.1 connection to `target` and spawns its task, which holds `permit`
+    /// until the connection closes. `pending` is released once the connection is open.
+    async fn open_http1(
+        &self,
+        target: &Upstream,
+        settings: &ConnectSettings<'_>,
+        permit: Option<ConnectionPermit>,
+        pending: Option<PendingPermit>,
+    ) -> Result<http1::SendRequest<Body>, ProxyError> {
         let io =
             connect_upstream(target, &self.tls, &[ALPN_HTTP1], settings.connect_timeout).await?;
-        let (mut tx, conn) = http1::Builder::new()
+        let (tx, conn) = http1::Builder::new()
             .handshake(TokioIo::new(io))
             .await
-            .map_err(upstream_err)?;
+            .map_err(|source| ProxyError::Upstream {
+                target: target.to_string(),
+                source,
+            })?;
         drop(pending);
         let target_name = target.to_string();
         tokio::spawn(async move {
@@ -233,8 +257,7 @@ impl Pool {
                 tracing::debug!(%error, %target, "upstream HTTP/1 connection ended with an error");
             }
         });
-        let rsp = tx.send_request(req).await.map_err(upstream_err)?;
-        Ok(self.pooled_response(target, tx, Instant::now(), rsp, settings))
+        Ok(tx)
     }
 
     /// Arranges for `tx` to return to the pool once `rsp`'s body is done.
@@ -268,8 +291,9 @@ impl Pool {
     fn checkout(&self, target: &Upstream) -> Option<Idle> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let stack = idle.get_mut(target)?;
+        let now = Instant::now();
         while let Some(entry) = stack.pop() {
-            if entry.usable() {
+            if entry.usable(now) {
                 return Some(entry);
             }
         }
@@ -299,10 +323,13 @@ impl Pool {
     }
 
     fn checkin(&self, target: &Upstream, mut entry: Idle) {
-        if entry.tx.is_closed() || entry.opened.elapsed() >= DEFAULT_MAX_CONNECTION_AGE {
+        let now = Instant::now();
+        if entry.tx.is_closed()
+            || now.saturating_duration_since(entry.opened) >= DEFAULT_MAX_CONNECTION_AGE
+        {
             return;
         }
-        entry.since = Instant::now();
+        entry.since = now;
         let breaker = entry.breaker.clone();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let stack = match idle.get_mut(target) {
@@ -318,7 +345,8 @@ impl Pool {
         }
     }
 
-    async fn send_http2(
+    /// [`send`](Self::send) over HTTP/2.
+    pub async fn send_http2(
         &self,
         target: &Upstream,
         req: Request<Body>,
@@ -363,6 +391,19 @@ impl Pool {
         if let Some(tx) = slot.live() {
             return Ok(tx);
         }
+        // Boxed: opening is rare, and its future (the lock, the connect, the TLS and HTTP/2
+        // handshakes) takes KiBs that every request's future would otherwise carry.
+        Box::pin(self.open_h2_slot(&slot, target, settings)).await
+    }
+
+    /// Opens `target`'s HTTP/2 connection into `slot`, or waits for the attempt already
+    /// under way and shares its outcome (see [`Self::h2_sender`]).
+    async fn open_h2_slot(
+        &self,
+        slot: &H2Slot,
+        target: &Upstream,
+        settings: &ConnectSettings<'_>,
+    ) -> Result<http2::SendRequest<Body>, ProxyError> {
         let _pending = settings.limits.map(|l| l.pending()).transpose()?;
         let seen = slot.attempts.load(Ordering::Acquire);
         let mut last_failure = slot.connecting.lock().await;
@@ -400,9 +441,10 @@ impl Pool {
     }
 
     fn sweep_once(&self) {
+        let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, stack| {
-            stack.retain(Idle::usable);
+            stack.retain(|entry| entry.usable(now));
             !stack.is_empty()
         });
         drop(idle);
@@ -484,10 +526,11 @@ struct LiveH2 {
 }
 
 impl LiveH2 {
-    fn usable(&self) -> bool {
+    /// `now` is passed in for the reason given at [`Idle::usable`].
+    fn usable(&self, now: Instant) -> bool {
         !self.tx.is_closed()
-            && self.opened.elapsed() < DEFAULT_MAX_CONNECTION_AGE
-            && self.last_used.elapsed() < self.idle_timeout
+            && now.saturating_duration_since(self.opened) < DEFAULT_MAX_CONNECTION_AGE
+            && now.saturating_duration_since(self.last_used) < self.idle_timeout
     }
 }
 
@@ -497,15 +540,16 @@ impl H2Slot {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         // A retired connection stays open until its streams finish, then hyper closes it once
         // its last sender is gone.
-        let conn = live.as_mut().filter(|c| c.usable())?;
-        conn.last_used = Instant::now();
+        let now = Instant::now();
+        let conn = live.as_mut().filter(|c| c.usable(now))?;
+        conn.last_used = now;
         Some(conn.tx.clone())
     }
 
     /// Whether the sweep keeps the slot; dropping it retires its connection.
     fn keep(&self) -> bool {
         let live = self.live.lock().unwrap_or_else(|e| e.into_inner());
-        live.as_ref().is_some_and(LiveH2::usable)
+        live.as_ref().is_some_and(|c| c.usable(Instant::now()))
     }
 }
 

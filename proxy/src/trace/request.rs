@@ -211,10 +211,22 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    /// Runs `dispatch` (the forwarding of the request) with the notes in scope, and returns
-    /// its response with a body that finishes the exchange when it ends.
-    pub async fn run(mut self, dispatch: impl Future<Output = Response<Body>>) -> Response<Body> {
-        let rsp = NOTES.scope(self.notes.clone(), dispatch).await;
+    /// `dispatch` (the forwarding of the request) with the notes in scope; its response goes
+    /// to [`respond`](Self::respond).
+    ///
+    /// Not an async fn taking `dispatch` and awaiting it: an async fn keeps its arguments in
+    /// its own future and the future it awaits them in besides, so the request's whole
+    /// forwarding future would be in it twice (several KiB, copied when it is boxed).
+    pub fn scope<F>(&self, dispatch: F) -> impl Future<Output = Response<Body>>
+    where
+        F: Future<Output = Response<Body>>,
+    {
+        NOTES.scope(self.notes.clone(), dispatch)
+    }
+
+    /// Returns the response of the [`scope`](Self::scope)d dispatch with a body that finishes
+    /// the exchange when it ends.
+    pub fn respond(mut self, rsp: Response<Body>) -> Response<Body> {
         self.status = rsp.status();
         let text = |name: &str| {
             rsp.headers()
