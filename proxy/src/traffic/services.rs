@@ -16,7 +16,7 @@
 
 mod index;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};

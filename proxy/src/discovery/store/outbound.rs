@@ -276,21 +276,9 @@ mod tests {
             .apply(sync("v1", pb::Sync::Full, "", services, &[]))
             .unwrap();
         let mut orders = shop_service("orders", 1);
-        orders.routes.push(pb::HttpRoute {
-            namespace: "shop".into(),
-            name: "broken".into(),
-            rules: vec![pb::RouteRule {
-                matches: vec![pb::RouteMatch {
-                    path: Some(pb::PathMatch {
-                        kind: pb::PathMatchKind::Regex as i32,
-                        value: "(".into(),
-                    }),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        orders
+            .routes
+            .push(crate::traffic::services::tests::bad_route());
         let bad = sync(
             "v2",
             pb::Sync::Delta,

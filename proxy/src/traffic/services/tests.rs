@@ -52,8 +52,8 @@ fn breaker_policy(max_requests: u32) -> pb::TrafficPolicy {
     }
 }
 
-/// A route whose path regex does not compile.
-fn bad_route() -> pb::HttpRoute {
+/// A route whose path regex does not compile (also used by the discovery store's tests).
+pub(crate) fn bad_route() -> pb::HttpRoute {
     pb::HttpRoute {
         namespace: "shop".into(),
         name: "broken".into(),
