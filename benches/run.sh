@@ -5,6 +5,7 @@
 #
 #   benches/run.sh            # full run, ~10 s per measurement (a few minutes in all)
 #   benches/run.sh --quick    # 3 s per measurement, for iterating
+#   benches/run.sh --no-pgo   # measure the plain release build instead of the PGO one
 #   benches/run.sh --help     # every option (scenarios, rate, cores, output path…)
 #   benches/run.sh --propagation [options]   # instead: the control-plane propagation
 #                             # benchmark (issue 4), results/propagation.{md,json}; see README
@@ -28,12 +29,44 @@ if [[ "${1:-}" == "--propagation" ]]; then
         --control-plane "$target_dir/release/weft-control-plane" "$@"
 fi
 
+# weft-proxy is measured as built by benches/pgo.sh (profile-guided) unless `--no-pgo` is
+# given or PGO is unavailable; the results record which build ran.
+pgo=1
+args=()
+for a in "$@"; do
+    case "$a" in
+        --no-pgo) pgo=0 ;;
+        -h | --help) pgo=0; args+=("$a") ;;
+        *) args+=("$a") ;;
+    esac
+done
+
 cargo build --release -p weft-bench
 
 extra=()
-if ! cargo build --release -p weft-proxy; then
+proxy="$target_dir/release/weft-proxy"
+build="plain release build (cargo build --release)"
+if ((pgo)); then
+    set +e
+    pgo_proxy="$("$root/benches/pgo.sh")"
+    status=$?
+    set -e
+    if ((status == 0)); then
+        proxy="$pgo_proxy"
+        build="profile-guided release build (benches/pgo.sh, trained on the weft scenarios)"
+    elif ((status == 2)); then
+        echo "run.sh: PGO unavailable; measuring the plain release build" >&2
+        build="plain release build (PGO unavailable on this machine)"
+        pgo=0
+    else
+        echo "run.sh: the PGO build failed; weft's scenarios will be skipped" >&2
+        extra+=(--skip-weft "the profile-guided weft-proxy did not build (benches/pgo.sh failed)")
+    fi
+fi
+if ((!pgo)) && ! cargo build --release -p weft-proxy; then
     echo "run.sh: weft-proxy does not build; its scenarios will be skipped" >&2
     extra+=(--skip-weft "weft-proxy did not build (cargo build --release -p weft-proxy failed)")
 fi
 
-exec "$target_dir/release/weft-bench" --weft-proxy "$target_dir/release/weft-proxy" "${extra[@]}" "$@"
+exec "$target_dir/release/weft-bench" --weft-proxy "$proxy" --weft-build "$build" \
+    "${extra[@]}" "${args[@]}"

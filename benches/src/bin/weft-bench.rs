@@ -40,6 +40,10 @@ struct Args {
     /// The weft-proxy binary (default: `weft-proxy` next to this binary).
     #[arg(long)]
     weft_proxy: Option<PathBuf>,
+    /// How the weft-proxy binary was built, recorded with the results (run.sh passes
+    /// whether it is the profile-guided build of `benches/pgo.sh`).
+    #[arg(long, default_value = "plain release build (cargo build --release)")]
+    weft_build: String,
     /// Skip the weft scenarios, recording this reason (used by run.sh when the proxy does
     /// not build, so a stale binary is never measured).
     #[arg(long)]
@@ -202,7 +206,7 @@ fn main() -> anyhow::Result<()> {
     };
     eprintln!("configs and logs: {}", run_dir.display());
 
-    let results = harness::run_all(&settings, &chosen, args.quick);
+    let results = harness::run_all(&settings, &chosen, args.quick, &args.weft_build);
     println!("\n{}", results.table());
 
     if let Some(dir) = args.out.parent() {

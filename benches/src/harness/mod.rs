@@ -54,7 +54,12 @@ pub struct Hop<'a> {
 }
 
 /// Runs `scenarios` in order, printing progress to stderr.
-pub fn run_all(settings: &Settings, scenarios: &[Scenario], quick: bool) -> RunResults {
+pub fn run_all(
+    settings: &Settings,
+    scenarios: &[Scenario],
+    quick: bool,
+    weft_build: &str,
+) -> RunResults {
     let machine = machine();
     let pinning = match (settings.load_place.core, settings.proxy_place.core) {
         (Some(l), Some(p)) => format!(
@@ -78,6 +83,7 @@ pub fn run_all(settings: &Settings, scenarios: &[Scenario], quick: bool) -> RunR
             connections: settings.connections,
             open_loop_rate: settings.rate,
             pinning,
+            weft_build: weft_build.into(),
         },
         machine,
         scenarios: Vec::new(),

@@ -3,8 +3,8 @@
 //! Every child is started through `taskset -c <core>` (which `exec`s, so the pid we hold is
 //! the pinned program's), optionally with a raised scheduling priority ([`Sched`]), gets
 //! `PR_SET_PDEATHSIG` so it dies with the runner even if the runner is killed, writes its
-//! output to a log file in the run directory, and is killed when its [`Managed`] handle is
-//! dropped.
+//! output to a log file in the run directory, and is stopped (SIGTERM, then SIGKILL) when its
+//! [`Managed`] handle is dropped.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -65,7 +65,8 @@ pub enum ProcessError {
     },
 }
 
-/// A child process that is killed (SIGKILL) and reaped when dropped.
+/// A child process that is stopped and reaped when dropped: SIGTERM first, SIGKILL if it is
+/// still running [`STOP_GRACE`] later.
 pub struct Managed {
     pub name: String,
     child: Child,
@@ -148,8 +149,25 @@ impl Managed {
     }
 }
 
+/// How long a stopped process gets to exit on SIGTERM before it is killed. weft-proxy drains
+/// and exits within milliseconds once the load is gone; an exit (rather than SIGKILL) is what
+/// lets a profile-instrumented build write its profile (`benches/pgo.sh`).
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
 impl Drop for Managed {
     fn drop(&mut self) {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child, which has not been reaped yet (reaping happens
+            // below), so the pid cannot have been reused.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + STOP_GRACE;
+            while Instant::now() < deadline {
+                if matches!(self.child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                sleep(Duration::from_millis(10));
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -154,6 +154,9 @@ pub struct SettingsSummary {
     pub connections: usize,
     pub open_loop_rate: f64,
     pub pinning: String,
+    /// How the measured weft-proxy was built (plain release or profile-guided), as run.sh
+    /// reports it with `--weft-build`.
+    pub weft_build: String,
 }
 
 /// One of the issue's targets, checked.
@@ -330,7 +333,8 @@ impl RunResults {
             out,
             "Measured {} on {} cores ({}), kernel {}; load average at start {}.\n\
              {} s per measurement, median of {} round(s) (p99 of every round in brackets), \
-             {} connections, open loop at {} req/s; {}.\n",
+             {} connections, open loop at {} req/s; {}.\n\
+             weft-proxy: {}.\n",
             self.date_utc,
             m.nproc,
             m.cpu_model,
@@ -340,7 +344,8 @@ impl RunResults {
             self.settings.rounds,
             self.settings.connections,
             self.settings.open_loop_rate,
-            self.settings.pinning
+            self.settings.pinning,
+            self.settings.weft_build
         );
         out.push_str(
             "| scenario | mode | req/s | p50 µs | p99 µs | p99.9 µs | added p99 µs | errors | other work | longest stall | proxy CPU µs/req | proxy RSS idle | proxy RSS after load (peak) |\n\
