@@ -21,6 +21,7 @@ use crate::io::{Activity, MeteredIo, PrefixedIo};
 use crate::metrics::{Direction, ErrorKind, Metrics, OpenConnection};
 use crate::orig_dst::original_dst;
 use crate::tls::{SharedTls, Upstream, ALPN_H2, ALPN_HTTP1};
+use crate::wake::OnWake;
 
 /// What outlives a single request on a connection: tunnels (upgrades, `CONNECT`) that take
 /// the connection over hold it too, so the drain waits for them, the open-connections gauge
@@ -360,9 +361,12 @@ pub async fn with_idle_timeout(
     timeout: std::time::Duration,
     serving: impl std::future::Future<Output = Result<(), ErrorKind>>,
 ) -> Result<(), ErrorKind> {
+    // The idle watchdog is polled only when its timer fires (see `OnWake`), not at every
+    // wake-up of the connection's I/O; the fixed order only breaks ties.
     tokio::select! {
+        biased;
         result = serving => result,
-        _ = activity.idle(timeout) => Err(ErrorKind::IdleTimeout),
+        _ = OnWake::new(activity.idle(timeout)) => Err(ErrorKind::IdleTimeout),
     }
 }
 

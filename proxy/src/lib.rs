@@ -31,6 +31,7 @@ pub mod tls;
 pub mod trace;
 pub mod traffic;
 pub mod wait_ready;
+pub mod wake;
 
 /// File watching, shared with the control plane.
 pub use weft_fswatch as fswatch;

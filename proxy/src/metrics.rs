@@ -98,6 +98,10 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// How many kinds there are ([`TargetMetrics`] keeps a slot for each): `Timeout` is the
+    /// last one.
+    const COUNT: usize = ErrorKind::Timeout as usize + 1;
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorKind::BadRequest => "bad_request",
@@ -166,6 +170,18 @@ pub struct Metrics {
     /// building the label set and looking it up in seven families each time was most of the
     /// metrics' cost. Bounded like the families themselves, whose series are never removed.
     targets: Arc<RwLock<HashMap<String, Vec<TargetMetrics>>>>,
+    /// [`Metrics::route_request`]'s counters by target label, then route and backend, made
+    /// once for the same reason (it is counted on every routed request). Bounded like the
+    /// family.
+    route_counters: Arc<RwLock<HashMap<String, Vec<RouteCounter>>>>,
+}
+
+/// One `weft_route_requests_total` series of a target.
+struct RouteCounter {
+    route_namespace: String,
+    route_name: String,
+    backend: String,
+    counter: Counter,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -229,6 +245,7 @@ impl Metrics {
             routes: Family::default(),
             info: Family::default(),
             targets: Arc::default(),
+            route_counters: Arc::default(),
         };
         let r = registry.sub_registry_with_prefix("weft");
         r.register("requests", "HTTP requests received", m.requests.clone());
@@ -328,15 +345,53 @@ impl Metrics {
             .inc();
     }
 
-    /// A rule of `route` matched a request for `target` and sent it to `backend`.
-    pub fn route_request(&self, target: &str, route: &str, backend: &str) {
-        self.routes
+    /// A rule of the route `route_namespace/route_name` matched a request for `target` and
+    /// sent it to `backend`.
+    pub fn route_request(
+        &self,
+        target: &str,
+        (route_namespace, route_name): (&str, &str),
+        backend: &str,
+    ) {
+        let same = |known: &&RouteCounter| {
+            known.route_name == route_name
+                && known.route_namespace == route_namespace
+                && known.backend == backend
+        };
+        let counters = self
+            .route_counters
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(known) = counters.get(target).and_then(|all| all.iter().find(same)) {
+            known.counter.inc();
+            return;
+        }
+        drop(counters);
+        let mut counters = self
+            .route_counters
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let all = counters.entry(target.to_owned()).or_default();
+        // Another thread may have made it between the two locks.
+        if let Some(known) = all.iter().find(same) {
+            known.counter.inc();
+            return;
+        }
+        let counter = self
+            .routes
             .get_or_create(&RouteLabels {
                 target: target.to_owned(),
-                route: route.to_owned(),
+                route: format!("{route_namespace}/{route_name}"),
                 backend: backend.to_owned(),
             })
-            .inc();
+            .clone();
+        counter.inc();
+        all.push(RouteCounter {
+            route_namespace: route_namespace.to_owned(),
+            route_name: route_name.to_owned(),
+            backend: backend.to_owned(),
+            counter,
+        });
     }
 
     pub fn retry(&self, target: &str, condition: &'static str) {
@@ -406,6 +461,7 @@ impl Metrics {
             tcp_open: self.tcp_open.get_or_create(&labels).clone(),
             tcp_opened: self.tcp_opened.get_or_create(&labels).clone(),
             responses: Default::default(),
+            errors: Default::default(),
             grpc: Arc::new(grpc::GrpcCounters::new(
                 self.grpc_responses.clone(),
                 labels.clone(),
@@ -458,6 +514,8 @@ struct TargetHandles {
     responses: [OnceLock<Counter>; 5],
     /// gRPC responses by status, counted when the status is known ([`grpc`]).
     grpc: Arc<grpc::GrpcCounters>,
+    /// Error counters by kind, looked up on first use like `responses`.
+    errors: [OnceLock<Counter>; ErrorKind::COUNT],
     /// The families of the series made on first use.
     response_family: Family<ResponseLabels, Counter>,
     error_family: Family<ErrorLabels, Counter>,
@@ -508,11 +566,16 @@ impl TargetMetrics {
     }
 
     pub fn error(&self, kind: ErrorKind) {
-        let labels = ErrorLabels {
-            target: self.0.labels.clone(),
-            kind,
-        };
-        self.0.error_family.get_or_create(&labels).inc();
+        let this = &*self.0;
+        this.errors[kind as usize]
+            .get_or_init(|| {
+                let labels = ErrorLabels {
+                    target: this.labels.clone(),
+                    kind,
+                };
+                this.error_family.get_or_create(&labels).clone()
+            })
+            .inc();
     }
 
     /// Counts a connection as open until the returned guard is dropped.
@@ -568,6 +631,93 @@ mod tests {
             r#"weft_tcp_connections_closed_total{direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 1"#,
             r#"weft_tcp_connections_open{direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 0"#,
             r#"weft_response_latency_seconds_count{direction="outbound",target="10.0.0.1:80",tls="false",client_id="",server_id=""} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+
+    /// Each kind's counter is looked up once per target, then counts on the same series.
+    #[test]
+    fn error_counters_are_made_once_per_kind() {
+        use ErrorKind::*;
+        let all = [
+            BadRequest,
+            HeaderTooLarge,
+            HeaderTimeout,
+            IdleTimeout,
+            ConnectRefused,
+            ConnectTimeout,
+            ConnectError,
+            UpstreamError,
+            NoDestination,
+            Io,
+            TlsHandshake,
+            PlaintextRefused,
+            NoPolicy,
+            NoRoute,
+            NoEndpoint,
+            Overflow,
+            Timeout,
+        ];
+        for kind in all {
+            // Exhaustive: a new kind does not compile here until it is in `all` too.
+            match kind {
+                BadRequest | HeaderTooLarge | HeaderTimeout | IdleTimeout | ConnectRefused
+                | ConnectTimeout | ConnectError | UpstreamError | NoDestination | Io
+                | TlsHandshake | PlaintextRefused | NoPolicy | NoRoute | NoEndpoint | Overflow
+                | Timeout => assert!((kind as usize) < ErrorKind::COUNT, "{kind:?}"),
+            }
+        }
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let t = metrics.for_target(Direction::Outbound, "orders", None);
+        for (i, kind) in all.iter().enumerate() {
+            for _ in 0..=i {
+                t.error(*kind);
+            }
+        }
+        let made =
+            t.0.errors
+                .iter()
+                .filter(|slot| slot.get().is_some())
+                .count();
+        assert_eq!(made, all.len());
+        // A second handle to the target's metrics shares the cached counters.
+        metrics
+            .for_target(Direction::Outbound, "orders", None)
+            .error(Timeout);
+        let text = render(&registry);
+        for (i, kind) in all.iter().enumerate() {
+            let count = if *kind == Timeout { i + 2 } else { i + 1 };
+            let line = format!(
+                r#"weft_errors_total{{kind="{}",direction="outbound",target="orders",tls="false",client_id="",server_id=""}} {count}"#,
+                kind.as_str()
+            );
+            assert!(text.contains(&line), "missing {line} in\n{text}");
+        }
+    }
+
+    /// Route counters are made once per (target, route, backend) and count on their series.
+    #[test]
+    fn route_counters_are_made_once_per_target_route_and_backend() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        for _ in 0..3 {
+            metrics.route_request("shop/orders:80", ("shop", "split"), "shop/orders-v2:80");
+        }
+        metrics.route_request("shop/orders:80", ("shop", "split"), "shop/orders-v1:80");
+        metrics.route_request("shop/orders:80", ("shop", "other"), "shop/orders-v1:80");
+        metrics.route_request("shop/cart:80", ("shop", "split"), "shop/orders-v1:80");
+        let cached = metrics.route_counters.read().unwrap();
+        assert_eq!(cached["shop/orders:80"].len(), 3);
+        assert_eq!(cached["shop/cart:80"].len(), 1);
+        drop(cached);
+        let text = render(&registry);
+        for line in [
+            r#"weft_route_requests_total{target="shop/orders:80",route="shop/split",backend="shop/orders-v2:80"} 3"#,
+            r#"weft_route_requests_total{target="shop/orders:80",route="shop/split",backend="shop/orders-v1:80"} 1"#,
+            r#"weft_route_requests_total{target="shop/orders:80",route="shop/other",backend="shop/orders-v1:80"} 1"#,
+            r#"weft_route_requests_total{target="shop/cart:80",route="shop/split",backend="shop/orders-v1:80"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }

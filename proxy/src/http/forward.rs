@@ -14,7 +14,7 @@ use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
 use super::error::{empty, ProxyError};
-use super::headers::{is_upgrade_request, strip_hop_by_hop};
+use super::headers::{is_upgrade_request, remove_hop_by_hop, strip_hop_by_hop, RequestFields};
 use super::pool::{ConnectSettings, Pool, Version};
 use super::Body;
 use crate::authz::ConnAuthz;
@@ -72,36 +72,45 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Handles one request, traced and logged when tracing or the access log is on.
-    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<Body> {
+    ///
+    /// Not an async fn, and taking the connection's `Arc`: the future is built here, whole,
+    /// so the server can move it into place once. An async fn would also keep the request
+    /// (and the exchange) in its future beside the dispatch future holding them.
+    pub fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+    ) -> impl std::future::Future<Output = Response<Body>> + Send {
         match self.observe.start(&mut req) {
-            Some(exchange) => {
-                // Awaited here rather than passed to an async fn of the exchange, which would
-                // hold the dispatch future twice (see `Exchange::scope`).
-                let rsp = exchange.scope(self.dispatch(req)).await;
-                exchange.respond(rsp)
-            }
-            None => self.dispatch(req).await,
+            // Boxed, like the call to a meshed Service in `dispatch`: the exchange and the
+            // task-local scope around the dispatch would otherwise add to every request's
+            // future, observed or not.
+            Some(exchange) => Either::Left {
+                fut: Box::pin(self.observed(exchange, req)),
+            },
+            None => Either::Right {
+                fut: self.dispatch(req),
+            },
         }
     }
 
-    async fn dispatch(&self, mut req: Request<Incoming>) -> Response<Body> {
+    async fn observed(
+        self: Arc<Self>,
+        exchange: crate::trace::Exchange,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        // Awaited here rather than passed to an async fn of the exchange, which would hold
+        // the dispatch future twice (see `Exchange::scope`).
+        let rsp = exchange.scope(self.dispatch(req)).await;
+        exchange.respond(rsp)
+    }
+
+    async fn dispatch(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let started = Instant::now();
         if let Some((table, target)) = self.service_for(&req) {
-            crate::trace::request::note_service(&target, &req);
-            let metrics =
-                self.metrics
-                    .for_target(self.direction, &target.label, target.identity.as_ref());
-            metrics.requests().inc();
-            let rsp = match crate::traffic::call::call(self, &table, &target, req).await {
-                Ok(rsp) => rsp,
-                Err(error) => {
-                    tracing::info!(%error, target = %target.label, "request failed");
-                    metrics.error(error.kind());
-                    error.into_response()
-                }
-            };
-            metrics.response(rsp.status(), started.elapsed());
-            return rsp;
+            // Boxed: routing, retries, replayable bodies and timeouts make the call's future
+            // twice the size of the plain path's, which every request's future would
+            // otherwise have, and be copied with (the server keeps it in place, unboxed).
+            return Box::pin(self.call_service(started, table, target, req)).await;
         }
         let (target, metrics) = match self.resolve(&req).await {
             Ok(resolved) => resolved,
@@ -132,6 +141,31 @@ impl Forwarder {
             Ok(rsp) => rsp,
             Err(error) => {
                 tracing::info!(%error, %target, direction = self.direction.as_str(), "request failed");
+                metrics.error(error.kind());
+                error.into_response()
+            }
+        };
+        metrics.response(rsp.status(), started.elapsed());
+        rsp
+    }
+
+    /// A request to a meshed Service ([`crate::traffic::call`]), counted on the Service.
+    async fn call_service(
+        &self,
+        started: Instant,
+        table: Arc<ServiceTable>,
+        target: Arc<Target>,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        crate::trace::request::note_service(&target, &req);
+        let metrics =
+            self.metrics
+                .for_target(self.direction, &target.label, target.identity.as_ref());
+        metrics.requests().inc();
+        let rsp = match crate::traffic::call::call(self, &table, &target, req).await {
+            Ok(rsp) => rsp,
+            Err(error) => {
+                tracing::info!(%error, target = %target.label, "request failed");
                 metrics.error(error.kind());
                 error.into_response()
             }
@@ -213,12 +247,14 @@ impl Forwarder {
     {
         use http_body_util::BodyExt;
         crate::trace::request::note_upstream(target);
-        let upgrade = self.version == Version::Http1 && is_upgrade_request(req.headers());
+        let fields = RequestFields::scan(req.headers(), &ORIG_PROTO_NAME);
+        let upgrade = self.version == Version::Http1 && fields.upgrade;
         // Only the mesh hop may carry the marker; whatever arrives with it is restored.
-        let crossed_as_h1 = req
-            .headers_mut()
-            .remove(&ORIG_PROTO_NAME)
-            .is_some_and(|v| v == ORIG_PROTO_HTTP1);
+        let crossed_as_h1 = fields.marker
+            && req
+                .headers_mut()
+                .remove(&ORIG_PROTO_NAME)
+                .is_some_and(|v| v == ORIG_PROTO_HTTP1);
         let upstream_version = if upgrade {
             // An upgrade takes the connection over: it needs HTTP/1.1 end to end.
             Version::Http1
@@ -231,11 +267,13 @@ impl Forwarder {
             self.version
         };
         let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        strip_hop_by_hop(
-            req.headers_mut(),
-            upgrade,
-            upstream_version == Version::Http2,
-        );
+        if upgrade || fields.hop_by_hop {
+            remove_hop_by_hop(
+                req.headers_mut(),
+                upgrade,
+                upstream_version == Version::Http2,
+            );
+        }
         match (self.version, upstream_version) {
             (Version::Http1, Version::Http2) => {
                 to_http2(&mut req, target.addr);
@@ -246,7 +284,11 @@ impl Forwarder {
             }
             (_, Version::Http1) => {
                 *req.version_mut() = http::Version::HTTP_11;
-                ensure_host(&mut req);
+                // `Connection` may have listed `Host` for removal: only a request without
+                // hop-by-hop fields surely still has the Host the scan saw.
+                if !fields.host || fields.hop_by_hop {
+                    ensure_host(&mut req);
+                }
                 to_origin_form(req.uri_mut());
             }
             (Version::Http2, Version::Http2) => {}
@@ -326,6 +368,30 @@ impl Forwarder {
             }
             drop(scope);
         });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One of two futures with the same output.
+    #[project = EitherProj]
+    enum Either<L, R> {
+        Left { #[pin] fut: L },
+        Right { #[pin] fut: R },
+    }
+}
+
+impl<L, R, T> std::future::Future for Either<L, R>
+where
+    L: std::future::Future<Output = T>,
+    R: std::future::Future<Output = T>,
+{
+    type Output = T;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<T> {
+        match self.project() {
+            EitherProj::Left { fut } => fut.poll(cx),
+            EitherProj::Right { fut } => fut.poll(cx),
+        }
     }
 }
 
@@ -426,6 +492,29 @@ mod tests {
 
     fn req(method: Method, uri: &str) -> Request<()> {
         Request::builder().method(method).uri(uri).body(()).unwrap()
+    }
+
+    /// The server keeps each request's future in place, unboxed, and every move of it copies
+    /// all of it: the large paths (a meshed Service's call, an observed exchange) are boxed
+    /// so that the plain path's future stays small, and the gRPC tracking around it holds it
+    /// once.
+    #[test]
+    fn a_request_future_stays_small() {
+        fn output_size<F>(_: fn(Arc<Forwarder>, Request<Incoming>) -> F) -> usize {
+            std::mem::size_of::<F>()
+        }
+        fn call_size<'a, F>(
+            _: fn(&'a Forwarder, &'a ServiceTable, &'a Arc<Target>, Request<Incoming>) -> F,
+        ) -> usize {
+            std::mem::size_of::<F>()
+        }
+        let handle = output_size(|f, r| f.handle(r));
+        let tracked = output_size(|f, r| crate::metrics::grpc::track(f.handle(r)));
+        let call = call_size(crate::traffic::call::call);
+        // ~2.4 KiB when written; a meshed Service's call alone is ~3.6 KiB.
+        assert!(handle <= 3 * 1024, "{handle} bytes");
+        assert!(call > handle, "{call} bytes: no longer worth its box?");
+        assert!(tracked <= handle + 64, "{tracked} bytes, from {handle}");
     }
 
     #[test]

@@ -27,6 +27,41 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// What forwarding a request needs to know about its fields, from one pass over their names.
+/// A request carries a handful of fields and usually none of these; looking each up would
+/// hash its name (five lookups per request where this is one short loop).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RequestFields {
+    /// [`is_upgrade_request`].
+    pub upgrade: bool,
+    pub host: bool,
+    /// The field named by the caller's `marker` (the mesh hop's original-protocol marker).
+    pub marker: bool,
+    /// A field [`strip_hop_by_hop`] removes or rewrites: without one (and without an
+    /// upgrade) it has nothing to do.
+    pub hop_by_hop: bool,
+}
+
+impl RequestFields {
+    pub fn scan(headers: &HeaderMap, marker: &HeaderName) -> Self {
+        let mut fields = RequestFields::default();
+        let (mut has_upgrade, mut has_connection) = (false, false);
+        for name in headers.keys() {
+            if name == header::HOST {
+                fields.host = true;
+            } else if is_hop_by_hop(name) {
+                fields.hop_by_hop = true;
+                has_upgrade |= name == header::UPGRADE;
+                has_connection |= name == header::CONNECTION;
+            } else if name == marker {
+                fields.marker = true;
+            }
+        }
+        fields.upgrade = has_upgrade && has_connection && connection_has(headers, "upgrade");
+        fields
+    }
+}
+
 /// Removes hop-by-hop fields from a message about to be forwarded.
 ///
 /// `upgrade`: keep `Upgrade` and re-add `Connection: upgrade` (an upgrade handshake is the one
@@ -39,6 +74,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers
     if !upgrade && !headers.keys().any(is_hop_by_hop) {
         return;
     }
+    remove_hop_by_hop(headers, upgrade, keep_te_trailers);
+}
+
+/// [`strip_hop_by_hop`] for a message known to need it ([`RequestFields::hop_by_hop`]).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
     // Fields listed in Connection are hop-by-hop too; collect them before removing it.
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -153,6 +193,40 @@ mod tests {
         let mut h = map(&[("host", "orders"), ("keep-alive", "timeout=5")]);
         strip_hop_by_hop(&mut h, false, false);
         assert_eq!(h, map(&[("host", "orders")]));
+    }
+
+    /// One pass tells what the lookups it replaces would.
+    #[test]
+    fn a_scan_finds_what_lookups_find() {
+        let marker = HeaderName::from_static("weft-orig-proto");
+        let cases = [
+            map(&[]),
+            map(&[("host", "orders"), ("x-request-id", "abc")]),
+            map(&[("host", "orders"), ("weft-orig-proto", "HTTP/1.1")]),
+            map(&[("connection", "Upgrade"), ("upgrade", "websocket")]),
+            map(&[("connection", "keep-alive"), ("upgrade", "websocket")]),
+            map(&[("upgrade", "websocket"), ("host", "a")]),
+            map(&[("connection", "upgrade")]),
+            map(&[("te", "trailers")]),
+            map(&[("keep-alive", "5"), ("proxy-connection", "x")]),
+            map(&[("transfer-encoding", "chunked"), ("x-a", "1"), ("x-b", "2")]),
+        ];
+        for headers in cases {
+            let fields = RequestFields::scan(&headers, &marker);
+            let expected = RequestFields {
+                upgrade: is_upgrade_request(&headers),
+                host: headers.contains_key(header::HOST),
+                marker: headers.contains_key(&marker),
+                hop_by_hop: headers.keys().any(is_hop_by_hop),
+            };
+            assert_eq!(fields, expected, "{headers:?}");
+            // Without a hop-by-hop field, stripping would change nothing.
+            if !fields.hop_by_hop {
+                let mut stripped = headers.clone();
+                remove_hop_by_hop(&mut stripped, false, false);
+                assert_eq!(stripped, headers);
+            }
+        }
     }
 
     #[test]

@@ -99,19 +99,55 @@ pub(crate) fn responded(counters: &Arc<GrpcCounters>) {
 
 /// Runs one request's handler; a gRPC response it returns gets its status counted on the
 /// target its HTTP status was counted on.
-pub async fn track<F>(handler: F) -> Response<Body>
+///
+/// A future of its own rather than an async fn, and entering the task-local scope per poll
+/// rather than through `LocalKey::scope`: either would wrap the handler's future (KiBs) in
+/// another, and each wrapping is one more copy of it (an async fn even keeps its argument
+/// beside the future it awaits).
+pub(crate) fn track<F>(handler: F) -> Track<F>
 where
     F: Future<Output = Response<Body>>,
 {
-    let (rsp, counters) = RESPONDED
-        .scope(Cell::new(None), async {
-            let rsp = handler.await;
-            (rsp, RESPONDED.with(Cell::take))
+    Track {
+        handler,
+        counters: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`track`]'s future.
+    pub(crate) struct Track<F> {
+        #[pin]
+        handler: F,
+        // What the handler has left in the task-local slot, kept between its polls.
+        counters: Option<Arc<GrpcCounters>>,
+    }
+}
+
+impl<F> Future for Track<F>
+where
+    F: Future<Output = Response<Body>>,
+{
+    type Output = Response<Body>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        let this = self.project();
+        let handler = this.handler;
+        let (poll, counters) = RESPONDED.sync_scope(Cell::new(this.counters.take()), || {
+            let poll = handler.poll(cx);
+            (poll, RESPONDED.with(Cell::take))
+        });
+        let rsp = match poll {
+            Poll::Ready(rsp) => rsp,
+            Poll::Pending => {
+                *this.counters = counters;
+                return Poll::Pending;
+            }
+        };
+        Poll::Ready(match counters {
+            Some(counters) if is_grpc(&rsp) => count_status(rsp, counters),
+            _ => rsp,
         })
-        .await;
-    match counters {
-        Some(counters) if is_grpc(&rsp) => count_status(rsp, counters),
-        _ => rsp,
     }
 }
 
@@ -315,5 +351,29 @@ mod tests {
         let line = format!("weft_grpc_responses_total{{grpc_status=\"\",{labels}}} 2");
         assert!(text.contains(&line), "empty status counted twice:\n{text}");
         assert_eq!(text.lines().count(), 3, "{text}");
+    }
+
+    /// The target counted in one poll of the handler is still known when it completes in a
+    /// later one: the task-local slot is kept between polls.
+    #[tokio::test]
+    async fn the_counted_target_survives_the_handlers_later_polls() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let target = metrics.for_target(Direction::Inbound, "app", None);
+        let rsp = track(async {
+            target.response(StatusCode::OK, Duration::from_millis(1));
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+            let mut rsp = grpc_response(Empty::new().map_err(|e| match e {}).boxed_unsync());
+            rsp.headers_mut()
+                .insert("grpc-status", HeaderValue::from_static("5"));
+            rsp
+        })
+        .await;
+        drop(rsp);
+        let text = counted(&registry);
+        assert!(text.contains(r#"grpc_status="5""#), "{text}");
+        // Outside `track` nothing is left behind for the next request.
+        assert!(RESPONDED.try_with(|_| ()).is_err());
     }
 }

@@ -72,8 +72,11 @@ pub async fn call(
             .ok_or_else(|| ProxyError::NoBackend {
                 route: rule.route.to_string(),
             })?;
-        fwd.metrics
-            .route_request(&target.label, &rule.route.to_string(), &backend.label);
+        fwd.metrics.route_request(
+            &target.label,
+            (&rule.route.namespace, &rule.route.name),
+            &backend.label,
+        );
         let timeouts = service
             .settings
             .timeouts
