@@ -328,6 +328,91 @@ async fn a_proxy_may_only_subscribe_for_its_own_pod_and_namespace() {
     assert_eq!(view.inbound.expect("inbound").pod, "web-2");
 }
 
+/// A policy without a selector: it applies to every pod of `shop`, known or not.
+fn shop_wide(principal: &str) -> String {
+    format!(
+        "apiVersion: policy.weft.dev/v1alpha1\nkind: AuthorizationPolicy\n\
+         metadata: {{name: shop-wide, namespace: shop}}\n\
+         spec: {{rules: [{{from: [{{principals: [\"{principal}\"]}}]}}]}}\n"
+    )
+}
+
+fn principals(inbound: &weft_api::proto::discovery::v1::Inbound) -> Vec<(&str, &str)> {
+    inbound
+        .policies
+        .iter()
+        .flat_map(|p| p.rules.iter().map(move |r| (p.name.as_str(), r)))
+        .flat_map(|(name, r)| r.from.iter().map(move |f| (name, f)))
+        .flat_map(|(name, f)| f.principals.iter().map(move |p| (name, p.as_str())))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_unknown_pods_proxy_gets_namespace_wide_policy_changes_then_its_own_view() {
+    let mesh = Mesh::new();
+    let cp = mesh.start().await;
+    let mut orders = Proxy::subscribe(&cp, "orders", "shop", "orders-1")
+        .await
+        .expect("subscribe");
+    let first = orders.next(WAIT).await.expect("initial view");
+    orders.ack(&first.version).await;
+    // Its Pod is not in the state yet: the namespace's view, with its name.
+    let mut early = Proxy::subscribe(&cp, "web", "shop", "web-2")
+        .await
+        .expect("subscribe");
+    let view = early.next(WAIT).await.expect("initial view");
+    let inbound = view.inbound.as_ref().expect("inbound");
+    assert_eq!(inbound.pod, "web-2");
+    assert!(
+        inbound.policies.is_empty(),
+        "orders-callers selects app=orders"
+    );
+    early.ack(&view.version).await;
+
+    // A policy that selects every pod, then an edit of it: each pushed, inbound only.
+    let wide = mesh.manifests.path().join("shop-wide.yaml");
+    for sa in ["frontend", "admin"] {
+        let principal = format!("spiffe://cluster.local/ns/shop/sa/{sa}");
+        write_atomically(&wide, &shop_wide(&principal));
+        let update = early.next(WAIT).await.expect("pushed after the edit");
+        assert!(update.outbound.is_none(), "outbound did not change");
+        let inbound = update.inbound.as_ref().expect("inbound changed");
+        assert_eq!(inbound.pod, "web-2");
+        assert_eq!(principals(inbound), [("shop-wide", principal.as_str())]);
+        early.ack(&update.version).await;
+        let selected = orders.next(WAIT).await.expect("orders-1 is selected too");
+        orders.ack(&selected.version).await;
+    }
+
+    // An edit that concerns orders-1 alone: orders gets it, web-2's proxy nothing.
+    mesh.write_policy(&policy("spiffe://cluster.local/ns/shop/sa/frontend"));
+    orders.next(WAIT).await.expect("orders-callers selects it");
+    assert!(
+        early.next(QUIET).await.is_none(),
+        "nothing changed for web-2"
+    );
+
+    // web-2's Pod appears: its own view, with its port.
+    write_atomically(
+        &mesh.manifests.path().join("web-2.yaml"),
+        "apiVersion: v1\nkind: Pod\n\
+         metadata: {name: web-2, namespace: shop, labels: {app: web}}\n\
+         spec: {serviceAccountName: web, containers: [{name: app, image: web, \
+         ports: [{containerPort: 9090, name: http}]}]}\n",
+    );
+    let update = early.next(WAIT).await.expect("its own view");
+    let inbound = update.inbound.as_ref().expect("inbound changed");
+    assert_eq!(inbound.pod, "web-2");
+    assert_eq!(
+        inbound.ports.iter().map(|p| p.port).collect::<Vec<_>>(),
+        [9090]
+    );
+    assert_eq!(
+        principals(inbound),
+        [("shop-wide", "spiffe://cluster.local/ns/shop/sa/admin")]
+    );
+}
+
 #[tokio::test]
 async fn invalid_input_is_reported_and_the_last_good_state_stays() {
     let mesh = Mesh::new();

@@ -1,8 +1,10 @@
 //! One subscribed proxy: a task that sends the parts of its view that changed and records its
 //! acknowledgements, until either side goes away.
 //!
-//! The inbound part is sent whole whenever its hash changes. The outbound part depends on
-//! what the proxy said in its Hello and has been sent since: see [`Outbound`].
+//! The inbound part is sent whole whenever its hash changes, for a pod the index knows as for
+//! one it does not (yet): [`PodInbound`] keeps the latter's view from one wake-up to the next
+//! rather than building it on each. The outbound part depends on what the proxy said in its
+//! Hello and has been sent since: see [`Outbound`].
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use weft_api::proto::discovery::v1::{subscribe_request, Hello, SubscribeRequest}
 
 use super::registry::{Handle, Sent, Sync};
 use super::wire::Push;
-use crate::index::{parse_hex, version, OutboundView, Views};
+use crate::index::{parse_hex, version, OutboundView, PodInbound, Views};
 
 /// What this stream's proxy holds of the outbound view, as the control plane tracks it.
 ///
@@ -100,6 +102,7 @@ pub(super) async fn run(
     tx: mpsc::Sender<Result<Push, Status>>,
     handle: Handle,
 ) {
+    let mut pod_inbound = PodInbound::new(&hello.namespace, &hello.pod);
     let mut inbound_sent: Option<u64> = None;
     let mut outbound = Outbound::from_hello(&hello);
     // The version of the last full sync: a request for a full sync that rejected that one
@@ -108,7 +111,7 @@ pub(super) async fn run(
     loop {
         let current = views.borrow_and_update().clone();
         if let Some(current) = current {
-            let inbound = current.inbound_for(&hello.namespace, &hello.pod);
+            let inbound = pod_inbound.current(&current);
             let (send, next) = outbound.next(&current.outbound);
             let with_inbound = inbound_sent != Some(inbound.hash);
             if with_inbound || send != Sending::Nothing {

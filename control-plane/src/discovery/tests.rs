@@ -18,6 +18,8 @@ use super::wire::Push;
 use crate::index::{Index, Views, DEFAULT_MAX_CHUNK_BYTES};
 use crate::state::{decode, State};
 
+mod unknown_pods;
+
 const SERVICES: usize = 30;
 const ENDPOINTS: usize = 40;
 

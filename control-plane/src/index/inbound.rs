@@ -9,6 +9,7 @@ use weft_api::crd::{DEFAULT_POLICY_ANNOTATION, MTLS_MODE_ANNOTATION};
 use weft_api::proto::discovery::v1 as pb;
 use weft_api::SpiffeId;
 
+use super::fallback::Fallbacks;
 use super::{object_problem, ByPod, MeshSettings, Part};
 use crate::convert::{self, FieldError};
 use crate::state::{NamespacedName, Problem, State};
@@ -17,7 +18,7 @@ use crate::state::{NamespacedName, Problem, State};
 pub type LastGood = HashMap<NamespacedName, pb::AuthorizationPolicy>;
 
 /// One namespace's policies, each with the labels it selects (`None`: every pod).
-type NamespacePolicies =
+pub(super) type NamespacePolicies =
     BTreeMap<String, Vec<(Option<BTreeMap<String, String>>, pb::AuthorizationPolicy)>>;
 
 pub fn convert_policies(
@@ -64,45 +65,20 @@ pub fn convert_policies(
 
 /// What a namespace says about the pods in it.
 #[derive(Debug, Clone, Copy)]
-struct NamespaceDefaults {
-    default_policy: pb::DefaultPolicy,
-    mtls_mode: pb::MtlsMode,
+pub(super) struct NamespaceDefaults {
+    pub default_policy: pb::DefaultPolicy,
+    pub mtls_mode: pb::MtlsMode,
 }
 
-/// The inbound view of pods the state does not know: the policies without a selector.
-#[derive(Debug)]
-pub struct Fallback {
-    settings_default: NamespaceDefaults,
-    namespaces: HashMap<String, NamespaceDefaults>,
-    policies: NamespacePolicies,
-}
+type Views = (ByPod<Arc<Part<pb::Inbound>>>, ByPod<String>, Fallbacks);
 
-impl Fallback {
-    pub fn view(&self, namespace: &str, pod: &str) -> pb::Inbound {
-        let defaults = self
-            .namespaces
-            .get(namespace)
-            .copied()
-            .unwrap_or(self.settings_default);
-        let no_labels = BTreeMap::new();
-        inbound_view(
-            namespace,
-            pod,
-            &no_labels,
-            Vec::new(),
-            defaults,
-            None,
-            &self.policies,
-        )
-    }
-}
-
-type Views = (ByPod<Arc<Part<pb::Inbound>>>, ByPod<String>, Fallback);
-
+/// Every known pod's inbound view, and every namespace's fallback for pods the state does
+/// not know (keeping `previous_fallbacks`' where they did not change).
 pub fn views(
     state: &State,
     settings: &MeshSettings,
-    policies: NamespacePolicies,
+    policies: &NamespacePolicies,
+    previous_fallbacks: Option<&Fallbacks>,
     problems: &mut Vec<Problem>,
 ) -> Views {
     let settings_default = NamespaceDefaults {
@@ -174,19 +150,15 @@ pub fn views(
             container_ports(pod),
             defaults,
             pod_mode,
-            &policies,
+            policies,
         );
         inbound.insert(namespace, name, Arc::new(Part::new(view)));
         if let Some(id) = pod_identity(&settings.trust_domain, namespace, pod) {
             identities.insert(namespace, name, id);
         }
     }
-    let fallback = Fallback {
-        settings_default,
-        namespaces,
-        policies,
-    };
-    (inbound, identities, fallback)
+    let fallbacks = Fallbacks::build(settings_default, &namespaces, policies, previous_fallbacks);
+    (inbound, identities, fallbacks)
 }
 
 fn inbound_view(
@@ -198,7 +170,23 @@ fn inbound_view(
     pod_mode: Option<pb::MtlsMode>,
     policies: &NamespacePolicies,
 ) -> pb::Inbound {
-    let selected = policies
+    pb::Inbound {
+        namespace: namespace.to_owned(),
+        pod: pod.to_owned(),
+        ports,
+        mtls_mode: pod_mode.unwrap_or(defaults.mtls_mode) as i32,
+        default_policy: defaults.default_policy as i32,
+        policies: selected(namespace, labels, policies),
+    }
+}
+
+/// The policies of `namespace` that select a pod with `labels`, in the order of `policies`.
+pub(super) fn selected(
+    namespace: &str,
+    labels: &BTreeMap<String, String>,
+    policies: &NamespacePolicies,
+) -> Vec<pb::AuthorizationPolicy> {
+    policies
         .get(namespace)
         .into_iter()
         .flatten()
@@ -207,15 +195,7 @@ fn inbound_view(
             Some(wanted) => wanted.iter().all(|(k, v)| labels.get(k) == Some(v)),
         })
         .map(|(_, policy)| policy.clone())
-        .collect();
-    pb::Inbound {
-        namespace: namespace.to_owned(),
-        pod: pod.to_owned(),
-        ports,
-        mtls_mode: pod_mode.unwrap_or(defaults.mtls_mode) as i32,
-        default_policy: defaults.default_policy as i32,
-        policies: selected,
-    }
+        .collect()
 }
 
 fn container_ports(pod: &Pod) -> Vec<pb::WorkloadPort> {

@@ -8,11 +8,14 @@
 //! whose hash changed: a policy edit reaches only the workloads it selects. The outbound
 //! part is kept per Service ([`services`]): each Service encoded and hashed once, and the
 //! delta from the previous outbound version computed once, for every subscription to share.
+//! Pods the state does not know get their namespace's [`Fallback`], likewise built once per
+//! change and shared, which a subscription holds through a [`PodInbound`].
 //!
 //! An object that fails validation here (a policy pattern that does not parse, a route
 //! without backends' ports) is reported and its last good conversion stays in force while
 //! the object exists.
 
+mod fallback;
 mod hash;
 mod inbound;
 mod outbound;
@@ -29,6 +32,7 @@ use weft_api::proto::discovery::v1 as pb;
 use crate::convert::FieldError;
 use crate::state::{NamespacedName, Problem, ProblemBoard, State};
 
+pub use fallback::{Fallback, PodInbound};
 pub use hash::{content_hash, hex, parse_hex, version};
 pub use inbound::{parse_default_policy, parse_mtls_mode};
 pub use services::{OutboundView, ServicePart, DEFAULT_MAX_CHUNK_BYTES};
@@ -122,20 +126,27 @@ pub struct Views {
     inbound: ByPod<Arc<Part<pb::Inbound>>>,
     /// Each pod's SPIFFE ID: a proxy may only subscribe for a pod that runs as its identity.
     identities: ByPod<String>,
-    /// For pods the state does not know (yet): what applies to any pod of the namespace.
-    fallback: inbound::Fallback,
+    /// For pods the state does not know (yet): what applies to any pod of the namespace,
+    /// per namespace, the same `Arc`s as the previous views' where unchanged.
+    fallback: Arc<fallback::Fallbacks>,
     /// The same `Arc` as the previous views' when the outbound view did not change.
     pub outbound: Arc<OutboundView>,
 }
 
 impl Views {
     /// The inbound view of pod `name` in `namespace`; a pod the index does not know gets the
-    /// policies that select every pod of its namespace.
+    /// policies that select every pod of its namespace. Built afresh for such a pod on each
+    /// call: a subscription, which asks on every change, holds a [`PodInbound`] instead.
     pub fn inbound_for(&self, namespace: &str, name: &str) -> Arc<Part<pb::Inbound>> {
         match self.inbound.get(namespace, name) {
             Some(view) => view.clone(),
-            None => Arc::new(Part::new(self.fallback.view(namespace, name))),
+            None => Arc::new(Part::new(self.fallback_of(namespace).view(namespace, name))),
         }
+    }
+
+    /// What applies to the pods of `namespace` the index does not know, but for their names.
+    pub fn fallback_of(&self, namespace: &str) -> &Arc<Fallback> {
+        self.fallback.of(namespace)
     }
 
     /// The SPIFFE ID pod `name` runs as, if the index knows the pod.
@@ -155,6 +166,8 @@ pub struct Index {
     last_good_outbound: outbound::LastGood,
     /// The last outbound view: the next one's delta is computed against it.
     last_outbound: Option<Arc<OutboundView>>,
+    /// The last fallbacks: the next views keep those that did not change.
+    last_fallbacks: Option<Arc<fallback::Fallbacks>>,
     max_chunk_bytes: usize,
 }
 
@@ -171,6 +184,7 @@ impl Index {
             last_good: Default::default(),
             last_good_outbound: Default::default(),
             last_outbound: None,
+            last_fallbacks: None,
             max_chunk_bytes: DEFAULT_MAX_CHUNK_BYTES,
         }
     }
@@ -185,8 +199,15 @@ impl Index {
     pub fn compute(&mut self, state: &State) -> (Views, Vec<Problem>) {
         let mut problems = Vec::new();
         let policies = inbound::convert_policies(state, &mut self.last_good, &mut problems);
-        let (inbound, identities, fallback) =
-            inbound::views(state, &self.settings, policies, &mut problems);
+        let (inbound, identities, fallback) = inbound::views(
+            state,
+            &self.settings,
+            &policies,
+            self.last_fallbacks.as_deref(),
+            &mut problems,
+        );
+        let fallback = Arc::new(fallback);
+        self.last_fallbacks = Some(fallback.clone());
         let services = outbound::view(
             state,
             &self.settings,

@@ -7,6 +7,8 @@ use prost::Message;
 use super::*;
 use crate::state::decode;
 
+mod unknown_pods;
+
 fn state_from(yaml: &str) -> State {
     let mut state = State::default();
     for document in serde_yaml::Deserializer::from_str(yaml) {
