@@ -3,7 +3,7 @@
 # then runs every scenario (direct, weft 1/2 hops and 2 hops over mTLS, the same with Envoy
 # when `envoy` is on PATH).
 #
-#   benches/run.sh            # full run, ~10 s per measurement (a few minutes in all)
+#   benches/run.sh            # full run, 10 s per measurement (~30 minutes with the PGO build)
 #   benches/run.sh --quick    # 3 s per measurement, for iterating
 #   benches/run.sh --no-pgo   # measure the plain release build instead of the PGO one
 #   benches/run.sh --help     # every option (scenarios, rate, cores, output path…)
