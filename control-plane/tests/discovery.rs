@@ -158,6 +158,20 @@ impl Proxy {
         Ok(Proxy { acks: tx, updates })
     }
 
+    /// Subscribes and waits for the first view, which every subscriber gets.
+    async fn with_first_view(
+        cp: &Running,
+        sa: &str,
+        namespace: &str,
+        pod: &str,
+    ) -> (Proxy, ViewUpdate) {
+        let mut proxy = Proxy::subscribe(cp, sa, namespace, pod)
+            .await
+            .expect("subscribe");
+        let first = proxy.next(WAIT).await.expect("initial view");
+        (proxy, first)
+    }
+
     async fn next(&mut self, within: Duration) -> Option<ViewUpdate> {
         match tokio::time::timeout(within, self.updates.next()).await {
             Ok(Some(Ok(update))) => Some(update),
@@ -351,10 +365,7 @@ fn principals(inbound: &weft_api::proto::discovery::v1::Inbound) -> Vec<(&str, &
 async fn an_unknown_pods_proxy_gets_namespace_wide_policy_changes_then_its_own_view() {
     let mesh = Mesh::new();
     let cp = mesh.start().await;
-    let mut orders = Proxy::subscribe(&cp, "orders", "shop", "orders-1")
-        .await
-        .expect("subscribe");
-    let first = orders.next(WAIT).await.expect("initial view");
+    let (mut orders, first) = Proxy::with_first_view(&cp, "orders", "shop", "orders-1").await;
     orders.ack(&first.version).await;
     // Its Pod is not in the state yet: the namespace's view, with its name.
     let mut early = Proxy::subscribe(&cp, "web", "shop", "web-2")
@@ -417,10 +428,7 @@ async fn an_unknown_pods_proxy_gets_namespace_wide_policy_changes_then_its_own_v
 async fn invalid_input_is_reported_and_the_last_good_state_stays() {
     let mesh = Mesh::new();
     let cp = mesh.start().await;
-    let mut orders = Proxy::subscribe(&cp, "orders", "shop", "orders-1")
-        .await
-        .expect("subscribe");
-    let first = orders.next(WAIT).await.expect("initial view");
+    let (mut orders, first) = Proxy::with_first_view(&cp, "orders", "shop", "orders-1").await;
 
     mesh.write_policy("apiVersion: policy.weft.dev/v1alpha1\nkind: [broken");
     assert!(
