@@ -60,7 +60,7 @@ if ((${#raw[@]} == 0)); then
     echo "pgo.sh: the training run wrote no profile (did the proxies exit on SIGTERM?)" >&2
     exit 1
 fi
-"$profdata" merge -o "$data/weft-proxy.profdata" "${raw[@]}"
+"$profdata" merge -o "$data/weft-proxy.profdata" "${raw[@]}" >&2
 
 echo "pgo.sh: building weft-proxy with the profile" >&2
 RUSTFLAGS="-Cprofile-use=$data/weft-proxy.profdata" CARGO_TARGET_DIR="$pgo_dir/use" \
