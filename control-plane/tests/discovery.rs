@@ -299,8 +299,7 @@ async fn a_proxy_may_only_subscribe_for_its_own_pod_and_namespace() {
     let cp = mesh.start().await;
     let wrong_pod = Proxy::subscribe(&cp, "web", "shop", "orders-1")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(wrong_pod.code(), tonic::Code::PermissionDenied);
     assert!(
         wrong_pod
@@ -310,8 +309,7 @@ async fn a_proxy_may_only_subscribe_for_its_own_pod_and_namespace() {
     );
     let wrong_namespace = Proxy::subscribe(&cp, "web", "billing", "pay-1")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(wrong_namespace.code(), tonic::Code::PermissionDenied);
 
     // Without a client certificate: the same port serves Certify, but not Subscribe.
@@ -330,8 +328,7 @@ async fn a_proxy_may_only_subscribe_for_its_own_pod_and_namespace() {
     let status = anonymous
         .subscribe(tokio_stream::iter(Vec::<SubscribeRequest>::new()))
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 
     // A pod the index does not know yet gets its namespace's catch-all view.

@@ -116,12 +116,18 @@ fn hello(deltas: bool, services_version: &str) -> pb::Hello {
 }
 
 impl Proxy {
-    /// The next message as the proxy decodes it, and its size on the wire.
-    async fn message(&mut self) -> Option<(pb::ViewUpdate, usize)> {
+    /// The next push as the subscriber sent it (its parts still the index's `Arc`s), or
+    /// `None` if none comes within 5 s.
+    async fn push(&mut self) -> Option<Push> {
         let push = tokio::time::timeout(Duration::from_secs(5), self.pushes.recv())
             .await
-            .ok()??
-            .expect("no error");
+            .ok()??;
+        Some(push.expect("no error"))
+    }
+
+    /// The next message as the proxy decodes it, and its size on the wire.
+    async fn message(&mut self) -> Option<(pb::ViewUpdate, usize)> {
+        let push = self.push().await?;
         let bytes = push.encode_to_vec();
         Some((
             pb::ViewUpdate::decode(bytes.as_slice()).expect("decodes"),

@@ -146,12 +146,7 @@ async fn an_unknown_pods_view_is_not_rebuilt_between_wake_ups() {
     let principal = "spiffe://cluster.local/ns/shop/sa/web";
     publish(&views, &mut index, &cluster(0, Some(principal), None));
     let mut proxy = subscribe(&views, hello_for(0));
-    let first = proxy
-        .pushes
-        .recv()
-        .await
-        .expect("a push")
-        .expect("no error");
+    let first = proxy.push().await.expect("a push");
     let sent = first.inbound.expect("the inbound part");
     for round in 1..=3 {
         publish(&views, &mut index, &cluster(round, Some(principal), None));
@@ -168,20 +163,10 @@ async fn an_unknown_pods_view_is_not_rebuilt_between_wake_ups() {
     .expect("valid");
     with_service.insert(&key, object);
     publish(&views, &mut index, &with_service);
-    let delta = proxy
-        .pushes
-        .recv()
-        .await
-        .expect("a push")
-        .expect("no error");
+    let delta = proxy.push().await.expect("a push");
     assert!(delta.inbound.is_none() && delta.services.is_some());
     proxy.nack(&delta.version, true);
-    let again = proxy
-        .pushes
-        .recv()
-        .await
-        .expect("a push")
-        .expect("no error");
+    let again = proxy.push().await.expect("a push");
     let resent = again.inbound.expect("the inbound part again");
     assert!(Arc::ptr_eq(&sent, &resent));
 }
